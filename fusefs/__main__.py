@@ -1,0 +1,5 @@
+"""Allow `python -m fusefs`."""
+
+from fusefs.cli import main
+
+raise SystemExit(main())

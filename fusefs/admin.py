@@ -1,0 +1,197 @@
+"""Volume administration without a mount: `init` and `status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import trio
+
+from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file
+from fusefs.config import DEFAULT_CHUNK, VolumeConfig, VolumeDir, parse_size, validate
+from fusefs.errors import ConfigError, FusefsError, StoreError
+from fusefs.events import read_events
+from fusefs.meta.repo import MetaRepo
+from fusefs.mounts import find_by_mountpoint, find_by_volume
+from fusefs.stores.base import Store, open_store
+
+
+def default_shares(n_stores: int, k: int | None, m: int | None) -> tuple[int, int]:
+    """K and M when not given: every store holds one share of each chunk, M ~ 40% (>= 1)."""
+    if k is None and m is None:
+        m = max(1, round(n_stores * 0.4))
+        return n_stores - m, m
+    if k is None:
+        return n_stores - m, m  # type: ignore[operator]
+    if m is None:
+        return k, max(0, n_stores - k)
+    return k, m
+
+
+def init_volume(args: argparse.Namespace) -> None:
+    vd = VolumeDir(args.volume)
+    if vd.is_volume():
+        raise ConfigError(f"{vd.path} already holds a fusefs volume")
+    if vd.path.exists() and (not vd.path.is_dir() or any(vd.path.iterdir())):
+        raise ConfigError(f"{vd.path} exists and is not an empty directory")
+    urls = args.store
+    stores = [open_store(u) for u in urls]
+    if len({s.url for s in stores}) != len(stores):
+        raise ConfigError("the same store was given twice")
+    if len(stores) < 2:
+        raise ConfigError("a volume needs at least 2 stores (K data + M >= 1 parity)")
+    k, m = default_shares(len(stores), args.data_shares, args.parity_shares)
+    chunk = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK
+    volume_id = os.urandom(16)
+    cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="")
+    validate(cfg)
+    trio.run(_prepare_stores, stores)
+
+    key_path = Path(args.key_file) if args.key_file else vd.default_key
+    created_dir = not vd.path.exists()
+    try:
+        vd.path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {vd.path}: {e.strerror}") from None
+    try:
+        master = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
+        keys = VolumeKeys(master, volume_id)
+        cfg = VolumeConfig(volume_id.hex(), k, m, chunk, cfg.stores, keys.check_value)
+        meta = MetaRepo(vd.meta, create=True)
+        with meta.transaction():
+            now = time.time_ns()
+            meta.create_inode(os.urandom(16), stat.S_IFDIR | 0o755, os.getuid(), os.getgid(),
+                              2, now)
+        meta.fsync_wal()
+        meta.close()
+        trio.run(_write_markers, stores, cfg.volume_id)
+        vd.save(cfg)  # last: the config's presence is what makes VOLUME a volume
+    except BaseException:
+        if created_dir:
+            shutil.rmtree(vd.path, ignore_errors=True)
+        else:
+            for p in (vd.meta, Path(f"{vd.meta}-wal"), Path(f"{vd.meta}-shm")):
+                p.unlink(missing_ok=True)
+        raise
+    print(f"created volume {vd.path}: {k} data + {m} parity shares over {len(stores)} stores,"
+          f" chunk size {chunk}, key {key_path}")
+
+
+async def _prepare_stores(stores: list[Store]) -> None:
+    for store in stores:
+        _create_local_root(store)
+        await store.check(writable=True)
+        marker = await store.read_marker()
+        if marker is not None:
+            raise StoreError(f"store {store.url} belongs to another volume "
+                             f"({marker.get('volume', 'unknown')})")
+        if await store.list():
+            raise StoreError(f"store {store.url} is not empty")
+
+
+def _create_local_root(store: Store) -> None:
+    root = getattr(store, "root", None)
+    if root is not None and not root.exists() and root.parent.is_dir():
+        try:
+            root.mkdir()
+        except OSError as e:
+            raise StoreError(f"cannot create store directory {root}: {e.strerror}") from None
+
+
+async def _write_markers(stores: list[Store], volume_id: str) -> None:
+    for store in stores:
+        await store.write_marker(volume_id)
+
+
+# -- status ------------------------------------------------------------------------------
+def _resolve(target: str) -> tuple[VolumeDir, str | None]:
+    vd = VolumeDir(target)
+    if vd.is_volume():
+        entry = find_by_volume(vd.path)
+        return vd, str(entry.mountpoint) if entry else None
+    entry = find_by_mountpoint(target)
+    if entry is not None:
+        return VolumeDir(entry.volume), str(entry.mountpoint)
+    raise ConfigError(f"{target} is neither a fusefs volume nor a mounted fusefs volume")
+
+
+async def _store_states(cfg: VolumeConfig) -> list[dict]:
+    out = []
+    for url in cfg.stores:
+        store = open_store(url)
+        info: dict = {"url": url, "state": "ok", "objects": None}
+        try:
+            await store.check(writable=False)
+            marker = await store.read_marker()
+            if marker is None:
+                info["state"] = "no marker (emptied or replaced)"
+            elif marker.get("volume") != cfg.volume_id:
+                info["state"] = "belongs to another volume"
+            info["objects"] = len(await store.list())
+        except FusefsError as e:
+            info["state"] = "unavailable"
+            info["error"] = str(e)
+        out.append(info)
+    return out
+
+
+def status(target: str, as_json: bool) -> int:
+    vd, mountpoint = _resolve(target)
+    cfg = vd.load()
+    meta = MetaRepo(vd.meta, read_only=True)
+    try:
+        st = meta.stats()
+        stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares)
+    finally:
+        meta.close()
+    events = read_events(vd.path / "events.jsonl")
+    by_store: dict[str, int] = {}
+    for e in events:
+        if e.get("store"):
+            by_store[e["store"]] = by_store.get(e["store"], 0) + 1
+    report = {
+        "volume": str(vd.path),
+        "volume_id": cfg.volume_id,
+        "mounted": mountpoint,
+        "data_shares": cfg.data_shares,
+        "parity_shares": cfg.parity_shares,
+        "chunk_size": cfg.chunk_size,
+        "stores": trio.run(_store_states, cfg),
+        "files": st.files,
+        "directories": st.directories,
+        "symlinks": st.symlinks,
+        "chunks": st.chunks,
+        "logical_bytes": st.logical_bytes,
+        "stored_bytes": stored,
+        "events": {"total": len(events), "by_store": by_store,
+                   "last": events[-1] if events else None},
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"volume     {report['volume']} (id {cfg.volume_id})")
+    print(f"mounted    {mountpoint or 'no'}")
+    print(f"layout     {cfg.data_shares} data + {cfg.parity_shares} parity shares, "
+          f"chunk size {cfg.chunk_size}")
+    print(f"contents   {st.files} files, {st.directories} directories, {st.symlinks} symlinks,"
+          f" {st.chunks} chunks")
+    ratio = f" ({stored / st.logical_bytes:.2f}x)" if st.logical_bytes else ""
+    print(f"bytes      {st.logical_bytes} logical, {stored} stored{ratio}")
+    print("stores")
+    for s in report["stores"]:
+        objs = "" if s["objects"] is None else f"  {s['objects']} objects"
+        err = f"  ({s['error']})" if "error" in s else ""
+        print(f"  {s['url']}  {s['state']}{objs}{err}")
+    print(f"events     {len(events)} recorded")
+    for url, n in sorted(by_store.items()):
+        print(f"  {url}: {n}")
+    if events:
+        last = events[-1]
+        print(f"  last: {last.get('time')} {last.get('kind')} on {last.get('store')} "
+              f"file {last.get('file')} -> {last.get('action')}")
+    return 0

@@ -1,0 +1,54 @@
+"""zfec erasure coding of one sealed chunk into K data + M parity shares.
+
+The code is systematic: data shares are plain slices of the (zero-padded) ciphertext, so a
+healthy read only concatenates. Shares are ceil(len/K) bytes; the true length is kept in the
+metadata and used to strip the padding.
+
+Trap: `zfec.Decoder.decode` reorders its input block list in place; every call builds fresh
+lists so inputs are never reused (see shared/gotchas.md #10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import zfec
+
+Buffer = bytes | bytearray | memoryview
+
+
+def share_size(length: int, k: int) -> int:
+    """Size of every share of a `length`-byte payload split into `k` data shares."""
+    return max(1, -(-length // k))
+
+
+def encode(payload: Buffer, k: int, m: int) -> list[Buffer]:
+    """Split `payload` into k data shares and compute m parity shares (n = k + m in all)."""
+    size = share_size(len(payload), k)
+    padded = bytes(payload) + bytes(k * size - len(payload))
+    view = memoryview(padded)
+    data = [view[i * size : (i + 1) * size] for i in range(k)]
+    if m == 0:
+        return list(data)
+    parity = zfec.Encoder(k, k + m).encode(tuple(data), tuple(range(k, k + m)))
+    return [*data, *parity]
+
+
+def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> bytes:
+    """Rebuild the `length`-byte payload from any k shares (share number -> bytes)."""
+    if len(shares) < k:
+        raise ValueError(f"need {k} shares, got {len(shares)}")
+    if all(i in shares for i in range(k)):
+        payload = b"".join(shares[i] for i in range(k))
+    else:
+        nums = sorted(shares)[:k]
+        blocks = [shares[i] for i in nums]  # fresh list: decode() reorders it in place
+        primary = zfec.Decoder(k, k + m).decode(blocks, list(nums))
+        payload = b"".join(primary)
+    return payload[:length]
+
+
+def regenerate(payload: Buffer, k: int, m: int, wanted: Sequence[int]) -> dict[int, Buffer]:
+    """Recompute the exact bytes of shares `wanted` from the full payload (for repair)."""
+    shares = encode(payload, k, m)
+    return {i: shares[i] for i in wanted}

@@ -1,0 +1,100 @@
+"""The master key file and every key derived from it.
+
+One 256-bit master key per volume, kept outside the stores. Sub-keys come from HKDF-SHA256
+with the volume id as salt and a named label as info, so no two purposes share a key:
+  - "fusefs file key" + file id -> AES-256-GCM key of one file (random 96-bit nonces stay
+    far below the 2^32 messages-per-key limit);
+  - "fusefs object names"        -> keyed BLAKE2b for opaque object names;
+  - "fusefs key check"           -> a check value stored in the volume config, so a wrong
+    key is refused at mount before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fusefs.errors import KeyFileError
+
+KEY_LEN = 32
+_FILE_KEY_CACHE = 4096  # AESGCM objects kept; derivation costs ~10 us, a cache hit ~0.2 us
+
+
+def create_key_file(path: Path) -> bytes:
+    """Write a new random master key to `path` (mode 0600, hex text) and return it."""
+    key = os.urandom(KEY_LEN)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise KeyFileError(f"cannot create key file {path}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+def load_key_file(path: Path) -> bytes:
+    """Read a master key: 64 hex digits (whitespace ignored) or 32 raw bytes."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+    text = raw.strip()
+    if len(text) == 2 * KEY_LEN:
+        try:
+            return binascii.unhexlify(text)
+        except binascii.Error:
+            pass
+    if len(raw) == KEY_LEN:
+        return raw
+    raise KeyFileError(f"key file {path} does not hold a 256-bit key (64 hex digits)")
+
+
+def _hkdf(master: bytes, salt: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=label).derive(master)
+
+
+class VolumeKeys:
+    """Keys of one volume, derived once from the master key and the volume id."""
+
+    def __init__(self, master: bytes, volume_id: bytes) -> None:
+        self._master = master
+        self._volume_id = volume_id
+        self._name_key = _hkdf(master, volume_id, b"fusefs object names")
+        self.check_value = _hkdf(master, volume_id, b"fusefs key check").hex()
+        self._file_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
+
+    def matches(self, check_value: str) -> bool:
+        """True when this key produced `check_value` (constant-time compare)."""
+        return hmac.compare_digest(self.check_value, check_value)
+
+    def file_aead(self, file_id: bytes) -> AESGCM:
+        """The AES-256-GCM instance for one file (LRU-cached)."""
+        aead = self._file_aeads.get(file_id)
+        if aead is None:
+            aead = AESGCM(_hkdf(self._master, self._volume_id, b"fusefs file key" + file_id))
+            self._file_aeads[file_id] = aead
+            if len(self._file_aeads) > _FILE_KEY_CACHE:
+                self._file_aeads.popitem(last=False)
+        else:
+            self._file_aeads.move_to_end(file_id)
+        return aead
+
+    def object_name(self, oid: bytes, share: int) -> str:
+        """Opaque 32-hex-digit name of share `share` of chunk version `oid`.
+
+        Keyed, so names of one chunk's shares cannot be linked across stores by an observer.
+        """
+        h = hashlib.blake2b(oid + bytes([share]), key=self._name_key, digest_size=16)
+        return h.hexdigest()

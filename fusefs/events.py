@@ -1,0 +1,62 @@
+"""Tamper evidence: every detected problem becomes one JSON line in VOLUME/events.jsonl.
+
+An event says when, what kind (missing, checksum mismatch, authentication failure,
+store unreachable, unrecoverable, ...), which store and object, which file and chunk, and
+what was done about it (healed, queued, unrecoverable). `fusefs status` summarises them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EventLog:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.resolve_path: Callable[[int], str | None] = lambda ino: None
+        self.count = 0
+
+    def record(self, kind: str, *, action: str, store: str | None = None,
+               obj: str | None = None, inode: int | None = None, chunk: int | None = None,
+               detail: str | None = None) -> None:
+        """Append one event; never raises (a full disk must not break a read)."""
+        event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kind": kind,
+                 "store": store, "object": obj, "inode": inode, "chunk": chunk,
+                 "action": action}
+        if inode is not None:
+            try:
+                event["file"] = self.resolve_path(inode)
+            except Exception:  # noqa: BLE001 - an event must be recorded even so
+                event["file"] = None
+        if detail:
+            event["detail"] = detail
+        self.count += 1
+        log.warning("event: %s", json.dumps(event))
+        if self.path is None:
+            return
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+        except OSError as e:
+            log.error("cannot append to event log %s: %s", self.path, e)
+
+
+def read_events(path: Path) -> list[dict]:
+    """All events of a volume (missing log: none); broken lines are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

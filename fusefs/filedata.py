@@ -1,0 +1,239 @@
+"""The bytes of open files: dirty chunk buffers, background sealing, reads, truncation.
+
+One `FileData` per open inode. Writes patch chunk-sized buffers in memory; a buffer that
+fills up is sealed and stored in the background (bounded by `Flusher` slots, which is the
+write-behind memory limit); `flush` seals the rest, waits, commits size/mtime and makes it
+all durable, so close() and fsync() return only once the data is safe. Reads see dirty and
+in-flight data first, then committed chunks through a bounded plaintext cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import OrderedDict
+
+import trio
+
+from fusefs.errors import ChunkUnrecoverable, FsError, StoreError, StoreFull
+from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.volume import Volume
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT_CHUNKS = 8  # chunks being sealed/stored at once; bounds write-behind memory
+
+
+class ChunkCache:
+    """LRU of verified plaintext chunks keyed by (inode, index, oid): a new version has a new
+    random oid, so a cached entry can never be stale."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._items: OrderedDict[tuple[int, int, bytes], bytes] = OrderedDict()
+
+    def get(self, key: tuple[int, int, bytes]) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[int, int, bytes], data: bytes) -> None:
+        if len(data) > self.max_bytes or key in self._items:
+            return
+        self._items[key] = data
+        self.used += len(data)
+        while self.used > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.used -= len(old)
+
+
+def fs_error(e: Exception) -> FsError:
+    """Map a data-path failure to the errno a reader/writer should see."""
+    if isinstance(e, StoreFull):
+        return FsError(errno.ENOSPC, str(e))
+    if isinstance(e, ChunkUnrecoverable | StoreError):
+        return FsError(errno.EIO, str(e))
+    return FsError(errno.EIO, repr(e))
+
+
+class Flusher:
+    """Shared by all files: the nursery for background sealing and its slot limit."""
+
+    def __init__(self) -> None:
+        self.nursery: trio.Nursery | None = None
+        self.slots = trio.Semaphore(MAX_INFLIGHT_CHUNKS)
+
+
+class FileData:
+    def __init__(self, ino: int, file_id: bytes, size: int, meta: MetaRepo, volume: Volume,
+                 cache: ChunkCache, flusher: Flusher) -> None:
+        self.ino = ino
+        self.file_id = file_id
+        self.size = size
+        self.mtime_ns: int | None = None  # set when data changed and not yet committed
+        self.meta = meta
+        self.volume = volume
+        self.cs = volume.config.chunk_size
+        self.cache = cache
+        self.flusher = flusher
+        self.opens = 0
+        self.dirty: dict[int, bytearray] = {}
+        self.inflight: dict[int, tuple[trio.Event, bytes]] = {}
+        self.error: Exception | None = None  # a background write failed: report at flush
+        self.unsynced = False
+
+    # -- reading -------------------------------------------------------------------------
+    async def load(self, row: ChunkRow) -> bytes:
+        key = (self.ino, row.idx, row.oid)
+        data = self.cache.get(key)
+        if data is None:
+            data = await self.volume.read_chunk(self.ino, self.file_id, row)
+            self.cache.put(key, data)
+        return data
+
+    async def _chunk(self, idx: int) -> bytes | bytearray:
+        if idx in self.dirty:
+            return self.dirty[idx]
+        if idx in self.inflight:
+            return self.inflight[idx][1]
+        row = self.meta.get_chunk(self.ino, idx)
+        return b"" if row is None else await self.load(row)
+
+    async def read(self, off: int, size: int) -> bytes:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        parts = []
+        try:
+            for idx in range(off // self.cs, (end - 1) // self.cs + 1):
+                start = idx * self.cs
+                data = await self._chunk(idx)
+                a, b = max(off, start) - start, min(end, start + self.cs) - start
+                piece = data[a:b]
+                parts.append(piece if len(piece) == b - a else piece + bytes(b - a - len(piece)))
+        except (ChunkUnrecoverable, StoreError) as e:
+            log.error("read of inode %d failed: %s", self.ino, e)
+            raise fs_error(e) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    # -- writing -------------------------------------------------------------------------
+    async def _buffer(self, idx: int, whole: bool) -> bytearray:
+        """The dirty buffer of chunk idx, loading committed data unless fully overwritten."""
+        while True:
+            if idx in self.dirty:
+                return self.dirty[idx]
+            if idx in self.inflight:
+                await self.inflight[idx][0].wait()
+                continue
+            row = None if whole else self.meta.get_chunk(self.ino, idx)
+            if row is None:
+                buf = bytearray()
+            else:
+                buf = bytearray(await self.load(row))
+                if idx in self.dirty or idx in self.inflight:
+                    continue  # someone else got there during the await
+            self.dirty[idx] = buf
+            return buf
+
+    async def write(self, off: int, data: bytes) -> int:
+        pos = 0
+        try:
+            while pos < len(data):
+                idx, a = divmod(off + pos, self.cs)
+                n = min(self.cs - a, len(data) - pos)
+                buf = await self._buffer(idx, whole=(a == 0 and n == self.cs))
+                if len(buf) < a:
+                    buf.extend(bytes(a - len(buf)))
+                buf[a : a + n] = data[pos : pos + n]
+                pos += n
+                self.size = max(self.size, idx * self.cs + a + n)
+                self.mtime_ns = time.time_ns()
+                if len(buf) == self.cs:
+                    await self._start_flush(idx)
+        except (ChunkUnrecoverable, StoreError) as e:
+            raise fs_error(e) from None
+        return len(data)
+
+    async def _start_flush(self, idx: int) -> None:
+        buf = self.dirty.pop(idx)
+        done = trio.Event()
+        self.inflight[idx] = (done, bytes(buf))
+        await self.flusher.slots.acquire()
+        if self.flusher.nursery is None:
+            await self._seal(idx, done)
+        else:
+            self.flusher.nursery.start_soon(self._seal, idx, done)
+
+    async def _seal(self, idx: int, done: trio.Event) -> None:
+        data = self.inflight[idx][1]
+        try:
+            prev = self.meta.chunk_version(self.ino, idx)
+            row = await self.volume.write_chunk(self.ino, self.file_id, idx, data, prev)
+            self.meta.put_chunk(self.ino, row, size=self.size)
+            self.cache.put((self.ino, idx, row.oid), data)
+            self.unsynced = True
+        except Exception as e:  # noqa: BLE001 - reported to the writer at flush/fsync
+            log.error("writing chunk %d of inode %d failed: %s", idx, self.ino, e)
+            self.error = e
+        finally:
+            del self.inflight[idx]
+            done.set()
+            self.flusher.slots.release()
+
+    async def wait_inflight(self) -> None:
+        while self.inflight:
+            await next(iter(self.inflight.values()))[0].wait()
+
+    async def flush(self) -> None:
+        """Seal every dirty chunk, commit size and mtime, and make it durable."""
+        for idx in sorted(self.dirty):
+            await self._start_flush(idx)
+        await self.wait_inflight()
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise fs_error(e)
+        if self.mtime_ns is not None:
+            self.meta.update_inode(self.ino, size=self.size, mtime_ns=self.mtime_ns,
+                                   ctime_ns=self.mtime_ns)
+            self.mtime_ns = None
+            self.unsynced = True
+        if self.unsynced:
+            self.unsynced = False
+            try:
+                await self.volume.make_durable()
+            except StoreError as e:
+                self.unsynced = True
+                raise fs_error(e) from None
+
+    # -- truncation ----------------------------------------------------------------------
+    async def truncate(self, size: int) -> None:
+        """Set the file size; bytes past a shrink are dropped so a later grow reads zeros."""
+        await self.wait_inflight()
+        if size < self.size:
+            last, keep = divmod(size, self.cs)
+            first_drop = last + 1 if keep else last
+            for idx in [i for i in self.dirty if i >= first_drop]:
+                del self.dirty[idx]
+            self.meta.delete_chunks_from(self.ino, first_drop)
+            if keep:
+                if last in self.dirty:
+                    del self.dirty[last][keep:]
+                else:
+                    row = self.meta.get_chunk(self.ino, last)
+                    if row is not None and row.length > keep:
+                        try:
+                            data = (await self.load(row))[:keep]
+                            new = await self.volume.write_chunk(
+                                self.ino, self.file_id, last, data, row.version)
+                        except (ChunkUnrecoverable, StoreError) as e:
+                            raise fs_error(e) from None
+                        self.meta.put_chunk(self.ino, new)
+                        self.cache.put((self.ino, last, new.oid), data)
+        self.size = size
+        now = time.time_ns()
+        self.meta.update_inode(self.ino, size=size, mtime_ns=now, ctime_ns=now)
+        self.mtime_ns = None if not self.dirty else now
+        self.unsynced = True

@@ -1,0 +1,1 @@
+"""Volume metadata: the root of trust (names, attributes, chunk maps, share checksums)."""

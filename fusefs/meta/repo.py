@@ -1,0 +1,275 @@
+"""All SQL of fusefs: the metadata repository over SQLite (WAL).
+
+Calls are synchronous and run on the trio thread: each takes microseconds, and code between
+two `await`s is atomic, so no locks are needed. Durability is explicit: commits are cheap
+(synchronous=NORMAL) and `make_durable` fsyncs the WAL when a close/fsync must be durable.
+Automatic checkpoints are off so nothing becomes durable before the stores were synced.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusefs.errors import ConfigError
+from fusefs.meta.schema import SCHEMA_VERSION, create_tables
+
+ROOT_INODE = 1
+_WAL_CHECKPOINT_BYTES = 64 << 20  # checkpoint at a durable point once the WAL grows past this
+
+_INODE_COLS = "id, file_id, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, target"
+
+
+@dataclass(slots=True)
+class InodeRow:
+    id: int
+    file_id: bytes
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    rdev: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    target: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    idx: int
+    version: int
+    oid: bytes
+    length: int
+    placement: bytes
+    digests: bytes
+
+    def share_digest(self, share: int) -> bytes:
+        return self.digests[16 * share : 16 * share + 16]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    files: int
+    directories: int
+    symlinks: int
+    chunks: int
+    logical_bytes: int
+    sealed_bytes: int  # sum of chunk plaintext lengths (stored bytes are ~ n/k of this)
+
+
+class MetaRepo:
+    """The metadata database of one volume."""
+
+    def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise ConfigError(f"metadata database {self.path} is missing")
+        self._depth = 0
+        uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        try:
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                      check_same_thread=False)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA wal_autocheckpoint=0")
+            if create:
+                create_tables(self.db)
+            version = self.db.execute(
+                "SELECT value FROM dbinfo WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            raise ConfigError(f"metadata database {self.path} has an unknown schema version")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group statements into one atomic commit (nesting joins the outer one)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def fsync_wal(self) -> int:
+        """fsync the WAL so every commit so far survives power loss; return its size.
+
+        Touches no connection state, so it may run in a worker thread.
+        """
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            os.fsync(fd)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def checkpoint_if_large(self, wal_size: int) -> None:
+        """Fold the WAL into the database at a durable point, once it has grown large."""
+        if wal_size > _WAL_CHECKPOINT_BYTES:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- inodes --------------------------------------------------------------------------
+    def get_inode(self, ino: int) -> InodeRow | None:
+        row = self.db.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE id=?", (ino,)).fetchone()
+        return InodeRow(*row) if row else None
+
+    def create_inode(self, file_id: bytes, mode: int, uid: int, gid: int, nlink: int,
+                     now_ns: int, target: bytes | None = None, rdev: int = 0) -> InodeRow:
+        cur = self.db.execute(
+            "INSERT INTO inodes (file_id, mode, uid, gid, nlink, size, rdev, atime_ns,"
+            " mtime_ns, ctime_ns, target) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (file_id, mode, uid, gid, nlink, len(target) if target else 0, rdev,
+             now_ns, now_ns, now_ns, target))
+        return self.get_inode(cur.lastrowid)  # type: ignore[return-value]
+
+    def update_inode(self, ino: int, **fields: int) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE inodes SET {cols} WHERE id=?", (*fields.values(), ino))
+
+    def delete_inode(self, ino: int) -> None:
+        """Remove an inode, its xattrs, and move its chunks' shares to the garbage list."""
+        with self.transaction():
+            self.delete_chunks_from(ino, 0)
+            self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino,))
+            self.db.execute("DELETE FROM inodes WHERE id=?", (ino,))
+
+    def unlinked_inodes(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM inodes WHERE nlink=0")]
+
+    # -- directory entries ---------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        row = self.db.execute("SELECT inode FROM dentries WHERE parent=? AND name=?",
+                              (parent, name)).fetchone()
+        return row[0] if row else None
+
+    def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        self.db.execute("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
+                        (parent, name, ino))
+
+    def remove_dentry(self, parent: int, name: bytes) -> None:
+        self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+
+    def move_dentry(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+        self.db.execute("UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",
+                        (new_parent, new_name, parent, name))
+
+    def set_dentry_inode(self, parent: int, name: bytes, ino: int) -> None:
+        self.db.execute("UPDATE dentries SET inode=? WHERE parent=? AND name=?",
+                        (ino, parent, name))
+
+    def has_children(self, ino: int) -> bool:
+        return self.db.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1",
+                               (ino,)).fetchone() is not None
+
+    def parent_of(self, ino: int) -> tuple[int, bytes] | None:
+        """One (parent, name) of an inode (directories have exactly one)."""
+        return self.db.execute("SELECT parent, name FROM dentries WHERE inode=? LIMIT 1",
+                               (ino,)).fetchone()
+
+    def readdir(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, InodeRow]]:
+        """Entries with cookie > after, in cookie order, joined with their inodes."""
+        cols = ", ".join(f"i.{c.strip()}" for c in _INODE_COLS.split(","))
+        rows = self.db.execute(
+            f"SELECT d.id, d.name, {cols} FROM dentries d JOIN inodes i ON i.id = d.inode"
+            " WHERE d.parent=? AND d.id>? ORDER BY d.id LIMIT ?", (parent, after, limit))
+        return [(r[0], r[1], InodeRow(*r[2:])) for r in rows]
+
+    # -- chunks --------------------------------------------------------------------------
+    def get_chunk(self, ino: int, idx: int) -> ChunkRow | None:
+        row = self.db.execute(
+            "SELECT idx, version, oid, length, placement, digests FROM chunks"
+            " WHERE inode=? AND idx=?", (ino, idx)).fetchone()
+        return ChunkRow(*row) if row else None
+
+    def chunk_version(self, ino: int, idx: int) -> int:
+        row = self.db.execute("SELECT version FROM chunks WHERE inode=? AND idx=?",
+                              (ino, idx)).fetchone()
+        return row[0] if row else 0
+
+    def put_chunk(self, ino: int, chunk: ChunkRow, size: int | None = None) -> None:
+        """Commit a new chunk version (and the file size with it, so a crash never leaves
+        committed chunk data past the committed size); old shares become garbage."""
+        with self.transaction():
+            if size is not None:
+                self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
+            self.db.execute(
+                "INSERT INTO garbage (oid, placement) SELECT oid, placement FROM chunks"
+                " WHERE inode=? AND idx=?", (ino, chunk.idx))
+            self.db.execute(
+                "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
+                " digests) VALUES (?,?,?,?,?,?,?)",
+                (ino, chunk.idx, chunk.version, chunk.oid, chunk.length, chunk.placement,
+                 chunk.digests))
+
+    def delete_chunks_from(self, ino: int, first_idx: int) -> None:
+        """Drop chunks idx >= first_idx (truncate/delete); their shares become garbage."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO garbage (oid, placement) SELECT oid, placement FROM chunks"
+                " WHERE inode=? AND idx>=?", (ino, first_idx))
+            self.db.execute("DELETE FROM chunks WHERE inode=? AND idx>=?", (ino, first_idx))
+
+    def garbage(self, limit: int = 1000) -> list[tuple[int, bytes, bytes]]:
+        return self.db.execute("SELECT id, oid, placement FROM garbage ORDER BY id LIMIT ?",
+                               (limit,)).fetchall()
+
+    def garbage_done(self, ids: list[int]) -> None:
+        self.db.executemany("DELETE FROM garbage WHERE id=?", [(i,) for i in ids])
+
+    # -- extended attributes -------------------------------------------------------------
+    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
+        row = self.db.execute("SELECT value FROM xattrs WHERE inode=? AND name=?",
+                              (ino, name)).fetchone()
+        return row[0] if row else None
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?,?,?)", (ino, name, value))
+
+    def list_xattrs(self, ino: int) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE inode=?", (ino,))]
+
+    def remove_xattr(self, ino: int, name: bytes) -> bool:
+        cur = self.db.execute("DELETE FROM xattrs WHERE inode=? AND name=?", (ino, name))
+        return cur.rowcount > 0
+
+    # -- reporting -----------------------------------------------------------------------
+    def stats(self) -> Stats:
+        f, d, s, logical = self.db.execute(
+            # 61440 = S_IFMT, 32768 = S_IFREG, 16384 = S_IFDIR, 40960 = S_IFLNK
+            "SELECT SUM(mode & 61440 = 32768), SUM(mode & 61440 = 16384),"
+            " SUM(mode & 61440 = 40960),"
+            " SUM(CASE WHEN mode & 61440 = 32768 THEN size ELSE 0 END) FROM inodes"
+        ).fetchone()
+        chunks, sealed = self.db.execute("SELECT COUNT(*), SUM(length) FROM chunks").fetchone()
+        return Stats(f or 0, d or 0, s or 0, chunks or 0, logical or 0, sealed or 0)
+
+    def stored_bytes(self, k: int, n: int) -> int:
+        """Bytes of all shares in the stores: n shares of ceil((length + 16) / k) per chunk."""
+        row = self.db.execute("SELECT SUM((length + 16 + ? - 1) / ?) FROM chunks",
+                              (k, k)).fetchone()
+        return (row[0] or 0) * n

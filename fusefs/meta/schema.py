@@ -1,0 +1,84 @@
+"""The metadata schema, one commented place.
+
+Invariants:
+- inode 1 is the root directory; inode numbers are never reused while the volume lives
+  (AUTOINCREMENT), so a stale kernel reference can never reach a new file.
+- a chunk row exists only for chunks whose shares were all written before the row was
+  committed; a file's bytes past the last chunk row (or in a missing row) read as zeros.
+- every share object in a store is referenced by exactly one chunk row or one garbage row,
+  except objects written by a write that crashed before its commit (orphans; scrub finds them).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+_TABLES = """
+-- One row per file, directory or symlink.
+CREATE TABLE inodes (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- the inode number; 1 = root
+    file_id   BLOB NOT NULL UNIQUE,  -- 16 random bytes: selects the file key, bound into AEAD
+    mode      INTEGER NOT NULL,      -- st_mode (type and permission bits)
+    uid       INTEGER NOT NULL,
+    gid       INTEGER NOT NULL,
+    nlink     INTEGER NOT NULL,      -- 0: unlinked, kept until the kernel forgets it
+    size      INTEGER NOT NULL,      -- logical size in bytes (holes read as zeros)
+    rdev      INTEGER NOT NULL DEFAULT 0,
+    atime_ns  INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    target    BLOB                   -- symlink target, NULL for other types
+);
+
+-- Directory entries. `id` doubles as the stable readdir cookie.
+CREATE TABLE dentries (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent  INTEGER NOT NULL REFERENCES inodes(id),
+    name    BLOB NOT NULL,
+    inode   INTEGER NOT NULL REFERENCES inodes(id),
+    UNIQUE (parent, name)
+);
+CREATE INDEX dentries_inode ON dentries(inode);
+
+-- The chunk map: chunk `idx` of inode covers bytes [idx*chunk_size, idx*chunk_size+length).
+CREATE TABLE chunks (
+    inode     INTEGER NOT NULL REFERENCES inodes(id),
+    idx       INTEGER NOT NULL,
+    version   INTEGER NOT NULL,   -- bumped on every rewrite; bound into the AEAD data
+    oid       BLOB NOT NULL,      -- 16 random bytes of this version: nonce + object names
+    length    INTEGER NOT NULL,   -- plaintext bytes in this chunk
+    placement BLOB NOT NULL,      -- byte i = index of the store that holds share i
+    digests   BLOB NOT NULL,      -- 16-byte xxh3-128 of share i, concatenated
+    PRIMARY KEY (inode, idx)
+) WITHOUT ROWID;
+
+-- Extended attributes.
+CREATE TABLE xattrs (
+    inode  INTEGER NOT NULL REFERENCES inodes(id),
+    name   BLOB NOT NULL,
+    value  BLOB NOT NULL,
+    PRIMARY KEY (inode, name)
+) WITHOUT ROWID;
+
+-- Shares of replaced or deleted chunk versions, deleted from the stores only once the
+-- commit that replaced them is durable (copy-on-write).
+CREATE TABLE garbage (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    oid       BLOB NOT NULL,
+    placement BLOB NOT NULL
+);
+
+-- Key/value facts about the database itself (schema version).
+CREATE TABLE dbinfo (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"""
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    """Create an empty schema (no root inode: the repository adds it)."""
+    db.executescript(f"BEGIN; {_TABLES}; INSERT INTO dbinfo VALUES "
+                     f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")

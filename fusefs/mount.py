@@ -1,0 +1,190 @@
+"""Composition root: open a volume (config, key, stores, metadata) and serve it over FUSE.
+
+Everything that can be wrong with the user's input is checked here, before the kernel mount,
+and reported as a `FusefsError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from fusefs.codec.keys import VolumeKeys, load_key_file
+from fusefs.config import VolumeConfig, VolumeDir
+from fusefs.errors import ConfigError, FusefsError, KeyFileError, StoreError
+from fusefs.events import EventLog
+from fusefs.meta.repo import MetaRepo
+from fusefs.stores.base import Store, open_store
+from fusefs.vfs import FileSystem
+from fusefs.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MountOptions:
+    read_only: bool = False
+    allow_other: bool = False
+
+
+def resolve_key(vd: VolumeDir, key_file: str | None) -> Path:
+    if key_file:
+        return Path(key_file)
+    if vd.default_key.exists():
+        return vd.default_key
+    raise KeyFileError(f"no --key-file given and {vd.default_key} does not exist")
+
+
+def unlock_volume(vd: VolumeDir, key_file: str | None) -> tuple[VolumeConfig, VolumeKeys]:
+    """Load the config and the key; refuse a key that is not this volume's."""
+    cfg = vd.load()
+    master = load_key_file(resolve_key(vd, key_file))
+    keys = VolumeKeys(master, cfg.volume_id_bytes)
+    if not keys.matches(cfg.key_check):
+        raise KeyFileError(f"wrong key for volume {vd.path}")
+    return cfg, keys
+
+
+async def check_stores(cfg: VolumeConfig, stores: list[Store], writable: bool) -> None:
+    """Every store must be reachable and belong to this volume.
+
+    A store whose marker is gone but which holds no objects was emptied or replaced: it is
+    claimed again (its shares are rebuilt by reads and scrub) and the event recorded.
+    """
+    for store in stores:
+        await store.check(writable)
+        marker = await store.read_marker()
+        if marker is None:
+            if await store.list():
+                raise StoreError(f"store {store.url} holds objects but no fusefs marker")
+            if writable:
+                await store.write_marker(cfg.volume_id)
+            continue
+        if marker.get("volume") != cfg.volume_id:
+            raise StoreError(f"store {store.url} belongs to another volume "
+                             f"({marker.get('volume', 'unknown')})")
+
+
+def check_mountpoint(mountpoint: str) -> Path:
+    mp = Path(mountpoint).absolute()
+    if not mp.exists():
+        raise ConfigError(f"mountpoint {mp} does not exist")
+    if not mp.is_dir():
+        raise ConfigError(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp):
+        raise ConfigError(f"mountpoint {mp} is busy (something is already mounted there)")
+    return mp
+
+
+def lock_volume(vd: VolumeDir) -> int:
+    """Hold the volume's flock for the life of the daemon: one mount per volume."""
+    fd = os.open(vd.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = ""
+        with contextlib.suppress(OSError):
+            pid = f" (daemon pid {vd.pid.read_text().strip()})"
+        raise ConfigError(f"volume {vd.path} is already mounted{pid}") from None
+    return fd
+
+
+def preflight(vd: VolumeDir, key_file: str | None, mountpoint: str,
+              opts: MountOptions) -> None:
+    """All user-input checks of `mount`, cheap enough to run before daemonizing."""
+    cfg, _ = unlock_volume(vd, key_file)
+    check_mountpoint(mountpoint)
+    os.close(lock_volume(vd))
+    stores = [open_store(u) for u in cfg.stores]
+    trio.run(check_stores, cfg, stores, not opts.read_only)
+
+
+def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptions,
+          ready: Callable[[str | None], None]) -> None:
+    """Mount and serve until unmounted. `ready(None)` once live, `ready(msg)` on failure."""
+    try:
+        cfg, keys = unlock_volume(vd, key_file)
+        mp = check_mountpoint(mountpoint)
+        lock_fd = lock_volume(vd)
+    except FusefsError as e:
+        ready(str(e))
+        raise
+    try:
+        vd.pid.write_text(f"{os.getpid()}\n")
+        trio.run(_serve, vd, cfg, keys, mp, opts, ready)
+        vd.pid.unlink(missing_ok=True)  # only a clean exit removes it
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
+                 opts: MountOptions, ready: Callable[[str | None], None]) -> None:
+    import pyfuse3
+
+    from fusefs.fuse_ops import FuseOps, mount_options
+
+    stores = [open_store(u) for u in cfg.stores]
+    try:
+        await check_stores(cfg, stores, not opts.read_only)
+        meta = MetaRepo(vd.meta)
+    except FusefsError as e:
+        ready(str(e))
+        raise
+    events = EventLog(vd.path / "events.jsonl")
+    volume = Volume(cfg, keys, stores, meta, events)
+    fs = FileSystem(meta, volume, read_only=opts.read_only)
+    if not opts.read_only:
+        await fs.collect_unlinked()  # inodes left unlinked-but-open by a crash
+    options = mount_options(str(vd.path), read_only=opts.read_only,
+                            allow_other=opts.allow_other)
+    try:
+        pyfuse3.init(FuseOps(fs), str(mp), options)
+    except RuntimeError as e:
+        meta.close()
+        msg = f"cannot mount on {mp}: {e}"
+        ready(msg)
+        raise FusefsError(msg) from None
+    log.info("mounted volume %s on %s", vd.path, mp)
+    ready(None)
+    unmount = True
+    signalled: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            fs.flusher.nursery = nursery
+            volume.nursery = nursery
+            nursery.start_soon(_stop_on_signal, signalled)
+            await pyfuse3.main()
+            # main() returns when the kernel unmounted us (fusermount -u) or on a signal
+            unmount = bool(signalled)
+            await fs.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        fs.flusher.nursery = None
+        volume.nursery = None
+        if unmount:
+            with trio.CancelScope(shield=True):
+                await fs.shutdown()
+        pyfuse3.close(unmount=unmount)
+        meta.close()
+        log.info("unmounted %s", mp)
+
+
+async def _stop_on_signal(signalled: list[int]) -> None:
+    """SIGTERM/SIGINT: stop serving; `_serve` flushes and unmounts on the way out."""
+    import pyfuse3
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            signalled.append(signum)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,88 @@
+"""The store contract every backend implements.
+
+A store is a flat map from opaque object names (hex strings) to bytes. It knows nothing
+about files, chunks or keys. Every method may raise `StoreError` (unreachable, refused),
+`NoSuchObject` or `StoreFull`; messages name the store so the user can act on them.
+
+Durability: `put` may leave data in volatile caches; `sync` makes every completed `put`
+durable. The volume calls `sync` before a metadata commit is made durable, so the ordering
+"new shares, then metadata, then old shares deleted" also holds across power loss.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from urllib.parse import urlsplit
+
+from fusefs.errors import ConfigError, NoSuchObject
+
+MARKER = "fusefs-store"  # the only object with a fixed name: says which volume owns the store
+
+
+class Store(ABC):
+    """An async object store."""
+
+    url: str
+
+    @abstractmethod
+    async def get(self, name: str) -> bytes:
+        """Return the object's bytes; raise NoSuchObject when absent."""
+
+    @abstractmethod
+    async def put(self, name: str, data: bytes | memoryview) -> None:
+        """Create or replace an object atomically (readers see old or new, never a mix)."""
+
+    @abstractmethod
+    async def delete(self, name: str) -> None:
+        """Remove an object; a missing object is not an error."""
+
+    @abstractmethod
+    async def list(self) -> list[str]:
+        """Names of all share objects (not the marker)."""
+
+    @abstractmethod
+    async def sync(self) -> None:
+        """Make every completed put and delete durable."""
+
+    @abstractmethod
+    async def check(self, writable: bool) -> None:
+        """Raise StoreError with a clear message if the store cannot be used."""
+
+    async def space(self) -> tuple[int, int] | None:
+        """(total bytes, free bytes) when the store can tell, else None."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and file descriptors."""
+
+    async def read_marker(self) -> dict | None:
+        """The store's ownership marker, or None for a store never initialised."""
+        try:
+            raw = await self.get(MARKER)
+        except NoSuchObject:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {}
+
+    async def write_marker(self, volume_id: str) -> None:
+        await self.put(MARKER, json.dumps({"fusefs": 1, "volume": volume_id}).encode())
+        await self.sync()
+
+
+def open_store(url: str) -> Store:
+    """Build a store from its URL: file:///abs/path, or a bare absolute path."""
+    from fusefs.stores.local import LocalStore
+
+    parts = urlsplit(url)
+    if parts.scheme == "" and url.startswith("/"):
+        return LocalStore(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigError(f"store URL {url!r}: use file:///absolute/path")
+        return LocalStore(parts.path)
+    if parts.scheme == "":
+        raise ConfigError(f"store URL {url!r}: use file:///absolute/path or an absolute path")
+    raise ConfigError(f"store URL {url!r}: unknown scheme {parts.scheme!r} (supported: file)")

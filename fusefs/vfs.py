@@ -1,0 +1,501 @@
+"""POSIX semantics in plain Python: names, inodes, links, attributes, open files.
+
+Every method raises `FsError(errno)` the way ext4 would; the FUSE adapter only translates.
+Lookup counts follow the kernel's: an unlinked inode lives on until the kernel forgets it
+and no handle is open, so open-then-unlink keeps working.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, replace
+
+from fusefs.errors import FsError, StoreError
+from fusefs.filedata import ChunkCache, FileData, Flusher
+from fusefs.meta.repo import ROOT_INODE, InodeRow, MetaRepo
+from fusefs.volume import Volume
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+DEFAULT_CACHE_BYTES = 64 << 20
+
+
+@dataclass
+class Handle:
+    ino: int
+    data: FileData
+    writable: bool
+
+
+class FileSystem:
+    def __init__(self, meta: MetaRepo, volume: Volume, *, read_only: bool = False,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.meta = meta
+        self.volume = volume
+        self.read_only = read_only
+        self.cache = ChunkCache(cache_bytes)
+        self.flusher = Flusher()
+        self.lookups: dict[int, int] = {}
+        self.handles: dict[int, Handle] = {}
+        self.files: dict[int, FileData] = {}
+        self._next_fh = 1
+        volume.events.resolve_path = self.path_of
+
+    # -- helpers -------------------------------------------------------------------------
+    def _inode(self, ino: int) -> InodeRow:
+        row = self.meta.get_inode(ino)
+        if row is None:
+            raise FsError(errno.ENOENT)
+        return row
+
+    def attr(self, ino: int) -> InodeRow:
+        """Attributes as the kernel should see them (in-memory size of open files)."""
+        row = self._inode(ino)
+        return self._overlay(row)
+
+    def _overlay(self, row: InodeRow) -> InodeRow:
+        fd = self.files.get(row.id)
+        if fd is not None:
+            row = replace(row, size=fd.size)
+            if fd.mtime_ns is not None:
+                row.mtime_ns = row.ctime_ns = fd.mtime_ns
+        return row
+
+    def _dir(self, ino: int) -> InodeRow:
+        row = self._inode(ino)
+        if not stat.S_ISDIR(row.mode):
+            raise FsError(errno.ENOTDIR)
+        return row
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if not name or b"/" in name or name in (b".", b".."):
+            raise FsError(errno.EINVAL)
+
+    def _remember(self, ino: int) -> None:
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def _touch_dir(self, ino: int) -> None:
+        now = time.time_ns()
+        self.meta.update_inode(ino, mtime_ns=now, ctime_ns=now)
+
+    def path_of(self, ino: int) -> str | None:
+        """A path of an inode, for event records (None once unlinked)."""
+        parts = []
+        while ino != ROOT_INODE:
+            entry = self.meta.parent_of(ino)
+            if entry is None:
+                return None
+            ino, name = entry
+            parts.append(os.fsdecode(name))
+            if len(parts) > 4096:
+                return None
+        return "/" + "/".join(reversed(parts))
+
+    # -- lookups and attributes ----------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> InodeRow:
+        self._dir(parent)
+        if name == b".":
+            ino = parent
+        elif name == b"..":
+            entry = self.meta.parent_of(parent)
+            ino = entry[0] if entry else ROOT_INODE
+        else:
+            found = self.meta.lookup(parent, name)
+            if found is None:
+                raise FsError(errno.ENOENT)
+            ino = found
+        row = self.attr(ino)
+        self._remember(ino)
+        return row
+
+    def forget(self, ino: int, count: int) -> None:
+        left = self.lookups.get(ino, 0) - count
+        if left > 0:
+            self.lookups[ino] = left
+            return
+        self.lookups.pop(ino, None)
+        self._maybe_delete(ino)
+
+    def _maybe_delete(self, ino: int) -> None:
+        if ino in self.lookups or ino in self.files or ino == ROOT_INODE:
+            return
+        row = self.meta.get_inode(ino)
+        if row is not None and row.nlink == 0:
+            self.meta.delete_inode(ino)
+
+    async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None) -> InodeRow:
+        self._writable()
+        row = self._inode(ino)
+        now = time.time_ns()
+        if size is not None:
+            if stat.S_ISDIR(row.mode):
+                raise FsError(errno.EISDIR)
+            if not stat.S_ISREG(row.mode):
+                raise FsError(errno.EINVAL)
+            await self._truncate(row, size)
+        fields: dict[str, int] = {}
+        if mode is not None:
+            fields["mode"] = stat.S_IFMT(row.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            fields["uid"] = uid
+        if gid is not None:
+            fields["gid"] = gid
+        if atime_ns is not None:
+            fields["atime_ns"] = atime_ns
+        if mtime_ns is not None:
+            fields["mtime_ns"] = mtime_ns
+            fd = self.files.get(ino)
+            if fd is not None and fd.mtime_ns is not None:
+                fd.mtime_ns = mtime_ns
+        if fields or size is not None:
+            fields["ctime_ns"] = now
+            self.meta.update_inode(ino, **fields)
+        return self.attr(ino)
+
+    async def _truncate(self, row: InodeRow, size: int) -> None:
+        fd = self.files.get(row.id)
+        if fd is not None:
+            await fd.truncate(size)
+            return
+        fd = self._file_data(row)
+        try:
+            await fd.truncate(size)
+            await fd.flush()
+        finally:
+            self._drop_file_data(fd)
+
+    def readlink(self, ino: int) -> bytes:
+        row = self._inode(ino)
+        if not stat.S_ISLNK(row.mode):
+            raise FsError(errno.EINVAL)
+        return row.target or b""
+
+    # -- creating and removing names -----------------------------------------------------
+    def _new_inode(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                   target: bytes | None = None, rdev: int = 0) -> InodeRow:
+        self._writable()
+        self._check_name(name)
+        self._dir(parent)
+        if self.meta.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        is_dir = stat.S_ISDIR(mode)
+        with self.meta.transaction():
+            row = self.meta.create_inode(os.urandom(16), mode, uid, gid, 2 if is_dir else 1,
+                                         time.time_ns(), target, rdev)
+            self.meta.add_dentry(parent, name, row.id)
+            if is_dir:
+                self.meta.db.execute("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (parent,))
+            self._touch_dir(parent)
+        self._remember(row.id)
+        return row
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int,
+              gid: int) -> InodeRow:
+        return self._new_inode(parent, name, mode, uid, gid, rdev=rdev)
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> InodeRow:
+        return self._new_inode(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int,
+                gid: int) -> InodeRow:
+        return self._new_inode(parent, name, stat.S_IFLNK | 0o777, uid, gid, target=target)
+
+    def link(self, ino: int, parent: int, name: bytes) -> InodeRow:
+        self._writable()
+        self._check_name(name)
+        row = self._inode(ino)
+        if stat.S_ISDIR(row.mode):
+            raise FsError(errno.EPERM)
+        self._dir(parent)
+        if self.meta.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        with self.meta.transaction():
+            self.meta.add_dentry(parent, name, ino)
+            self.meta.update_inode(ino, nlink=row.nlink + 1, ctime_ns=time.time_ns())
+            self._touch_dir(parent)
+        self._remember(ino)
+        return self.attr(ino)
+
+    def _drop_link(self, row: InodeRow) -> None:
+        """One name of `row` is gone (inside a transaction)."""
+        nlink = 0 if stat.S_ISDIR(row.mode) else row.nlink - 1
+        self.meta.update_inode(row.id, nlink=nlink, ctime_ns=time.time_ns())
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        self._writable()
+        self._dir(parent)
+        ino = self.meta.lookup(parent, name)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        row = self._inode(ino)
+        if stat.S_ISDIR(row.mode):
+            raise FsError(errno.EISDIR)
+        with self.meta.transaction():
+            self.meta.remove_dentry(parent, name)
+            self._drop_link(row)
+            self._touch_dir(parent)
+        self._maybe_delete(ino)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        self._writable()
+        self._dir(parent)
+        if name == b".":
+            raise FsError(errno.EINVAL)
+        ino = self.meta.lookup(parent, name)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        row = self._dir(ino)
+        if self.meta.has_children(ino):
+            raise FsError(errno.ENOTEMPTY)
+        with self.meta.transaction():
+            self.meta.remove_dentry(parent, name)
+            self._drop_link(row)
+            self.meta.db.execute("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (parent,))
+            self._touch_dir(parent)
+        self._maybe_delete(ino)
+
+    def _is_ancestor(self, ino: int, of: int) -> bool:
+        while of != ROOT_INODE:
+            if of == ino:
+                return True
+            entry = self.meta.parent_of(of)
+            if entry is None:
+                return False
+            of = entry[0]
+        return ino == ROOT_INODE
+
+    def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0) -> None:
+        self._writable()
+        self._check_name(n2)
+        self._dir(p1)
+        self._dir(p2)
+        ino = self.meta.lookup(p1, n1)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        src = self._inode(ino)
+        target = self.meta.lookup(p2, n2)
+        if flags & RENAME_NOREPLACE and target is not None:
+            raise FsError(errno.EEXIST)
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise FsError(errno.ENOENT)
+            self._exchange(p1, n1, src, p2, n2, self._inode(target))
+            return
+        if target == ino:
+            return
+        src_dir = stat.S_ISDIR(src.mode)
+        if src_dir and p1 != p2 and self._is_ancestor(ino, p2):
+            raise FsError(errno.EINVAL)
+        tgt = self._inode(target) if target is not None else None
+        if tgt is not None:
+            tgt_dir = stat.S_ISDIR(tgt.mode)
+            if src_dir and not tgt_dir:
+                raise FsError(errno.ENOTDIR)
+            if tgt_dir and not src_dir:
+                raise FsError(errno.EISDIR)
+            if tgt_dir and self.meta.has_children(tgt.id):
+                raise FsError(errno.ENOTEMPTY)
+        with self.meta.transaction():
+            if tgt is not None:
+                self.meta.remove_dentry(p2, n2)
+                self._drop_link(tgt)
+                if stat.S_ISDIR(tgt.mode):
+                    self.meta.db.execute("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (p2,))
+            self.meta.move_dentry(p1, n1, p2, n2)
+            if src_dir and p1 != p2:
+                self.meta.db.execute("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (p1,))
+                self.meta.db.execute("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (p2,))
+            self.meta.update_inode(ino, ctime_ns=time.time_ns())
+            self._touch_dir(p1)
+            if p2 != p1:
+                self._touch_dir(p2)
+        if tgt is not None:
+            self._maybe_delete(tgt.id)
+
+    def _exchange(self, p1: int, n1: bytes, a: InodeRow, p2: int, n2: bytes,
+                  b: InodeRow) -> None:
+        a_dir, b_dir = stat.S_ISDIR(a.mode), stat.S_ISDIR(b.mode)
+        if p1 != p2 and ((a_dir and self._is_ancestor(a.id, p2))
+                         or (b_dir and self._is_ancestor(b.id, p1))):
+            raise FsError(errno.EINVAL)
+        with self.meta.transaction():
+            self.meta.set_dentry_inode(p1, n1, b.id)
+            self.meta.set_dentry_inode(p2, n2, a.id)
+            if p1 != p2 and a_dir != b_dir:
+                delta = 1 if a_dir else -1  # a moves to p2, b moves to p1
+                self.meta.db.execute("UPDATE inodes SET nlink=nlink-? WHERE id=?", (delta, p1))
+                self.meta.db.execute("UPDATE inodes SET nlink=nlink+? WHERE id=?", (delta, p2))
+            now = time.time_ns()
+            for ino in (a.id, b.id):
+                self.meta.update_inode(ino, ctime_ns=now)
+            self._touch_dir(p1)
+            self._touch_dir(p2)
+
+    # -- directories ---------------------------------------------------------------------
+    def opendir(self, ino: int) -> int:
+        self._dir(ino)
+        return ino
+
+    def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, InodeRow]]:
+        """Up to `limit` entries with cookie > after; the caller counts lookups."""
+        return [(c, n, self._overlay(r)) for c, n, r in self.meta.readdir(ino, after, limit)]
+
+    def remember(self, ino: int) -> None:
+        """The kernel took a reference through readdirplus."""
+        self._remember(ino)
+
+    # -- open files ----------------------------------------------------------------------
+    def _file_data(self, row: InodeRow) -> FileData:
+        fd = self.files.get(row.id)
+        if fd is None:
+            fd = FileData(row.id, row.file_id, row.size, self.meta, self.volume, self.cache,
+                          self.flusher)
+            self.files[row.id] = fd
+        fd.opens += 1
+        return fd
+
+    def _drop_file_data(self, fd: FileData) -> None:
+        fd.opens -= 1
+        if fd.opens == 0 and not fd.dirty and not fd.inflight:
+            del self.files[fd.ino]
+            self._maybe_delete(fd.ino)
+
+    async def open(self, ino: int, flags: int) -> int:
+        row = self._inode(ino)
+        if stat.S_ISDIR(row.mode):
+            raise FsError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable or flags & os.O_TRUNC:
+            self._writable()
+        fd = self._file_data(row)
+        if flags & os.O_TRUNC and writable:
+            try:
+                await fd.truncate(0)
+            except BaseException:
+                self._drop_file_data(fd)
+                raise
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(ino, fd, writable)
+        return fh
+
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int,
+                     gid: int) -> tuple[int, InodeRow]:
+        row = self._new_inode(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        fh = await self.open(row.id, flags & ~os.O_TRUNC)
+        return fh, self.attr(row.id)
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF) from None
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._handle(fh).data.read(off, size)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        h = self._handle(fh)
+        if not h.writable:
+            raise FsError(errno.EBADF)
+        return await h.data.write(off, data)
+
+    async def flush(self, fh: int) -> None:
+        """close(2): everything written through this file is durable when this returns."""
+        await self._handle(fh).data.flush()
+
+    async def fsync(self, fh: int) -> None:
+        await self._handle(fh).data.flush()
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        try:
+            await h.data.flush()
+        finally:
+            self._drop_file_data(h.data)
+
+    # -- extended attributes -------------------------------------------------------------
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        value = self.meta.get_xattr(ino, name)
+        if value is None:
+            self._inode(ino)
+            raise FsError(errno.ENODATA)
+        return value
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._writable()
+        self._inode(ino)
+        if len(name) > XATTR_NAME_MAX or not name:
+            raise FsError(errno.ERANGE)
+        if len(value) > XATTR_SIZE_MAX:
+            raise FsError(errno.E2BIG)
+        exists = self.meta.get_xattr(ino, name) is not None
+        if flags & XATTR_CREATE and exists:
+            raise FsError(errno.EEXIST)
+        if flags & XATTR_REPLACE and not exists:
+            raise FsError(errno.ENODATA)
+        with self.meta.transaction():
+            self.meta.set_xattr(ino, name, value)
+            self.meta.update_inode(ino, ctime_ns=time.time_ns())
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        self._inode(ino)
+        return self.meta.list_xattrs(ino)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._writable()
+        self._inode(ino)
+        if not self.meta.remove_xattr(ino, name):
+            raise FsError(errno.ENODATA)
+
+    # -- volume-wide ---------------------------------------------------------------------
+    async def statfs(self) -> tuple[int, int]:
+        """(total, free) bytes a user can store: the tightest store times k."""
+        spaces = [await s.space() for s in self.volume.stores]
+        known = [s for s in spaces if s is not None]
+        if not known:
+            return 0, 0
+        k = self.volume.k
+        return min(t for t, _ in known) * k, min(f for _, f in known) * k
+
+    async def shutdown(self) -> None:
+        """At unmount: flush what is still open, forget every reference, collect garbage."""
+        for fd in list(self.files.values()):
+            try:
+                await fd.flush()
+            except FsError as e:
+                log.error("flushing inode %d at unmount failed: %s", fd.ino, e)
+        self.handles.clear()
+        self.files.clear()
+        self.lookups.clear()
+        await self.collect_unlinked()
+
+    async def collect_unlinked(self) -> None:
+        """Delete inodes with no name and no reference (also left over from a crash)."""
+        for ino in self.meta.unlinked_inodes():
+            if ino not in self.lookups and ino not in self.files:
+                self.meta.delete_inode(ino)
+        try:
+            await self.volume.make_durable()
+        except StoreError as e:
+            log.error("could not sync the stores: %s", e)
