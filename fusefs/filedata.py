@@ -23,6 +23,7 @@ from fusefs.volume import Volume
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT_CHUNKS = 8  # chunks being sealed/stored at once; bounds write-behind memory
+READAHEAD_CHUNKS = 4  # chunks fetched ahead of a sequential reader (stores work in parallel)
 
 
 class ChunkCache:
@@ -33,6 +34,7 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self.used = 0
         self._items: OrderedDict[tuple[int, int, bytes], bytes] = OrderedDict()
+        self.loading: dict[tuple[int, int, bytes], trio.Event] = {}  # fetches in progress
 
     def get(self, key: tuple[int, int, bytes]) -> bytes | None:
         data = self._items.get(key)
@@ -60,11 +62,12 @@ def fs_error(e: Exception) -> FsError:
 
 
 class Flusher:
-    """Shared by all files: the nursery for background sealing and its slot limit."""
+    """Shared by all files: the nursery for background sealing/readahead and its limits."""
 
     def __init__(self) -> None:
         self.nursery: trio.Nursery | None = None
         self.slots = trio.Semaphore(MAX_INFLIGHT_CHUNKS)
+        self.readahead = trio.Semaphore(2 * READAHEAD_CHUNKS)
 
 
 class FileData:
@@ -84,15 +87,54 @@ class FileData:
         self.inflight: dict[int, tuple[trio.Event, bytes]] = {}
         self.error: Exception | None = None  # a background write failed: report at flush
         self.unsynced = False
+        self._next_read = -1  # chunk a sequential reader will ask for next
 
     # -- reading -------------------------------------------------------------------------
     async def load(self, row: ChunkRow) -> bytes:
+        """Verified plaintext of a committed chunk: from the cache, from a fetch already in
+        progress (readahead), or fetched now."""
         key = (self.ino, row.idx, row.oid)
-        data = self.cache.get(key)
-        if data is None:
+        while True:
+            data = self.cache.get(key)
+            if data is not None:
+                return data
+            pending = self.cache.loading.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self.cache.loading[key] = trio.Event()
+        try:
             data = await self.volume.read_chunk(self.ino, self.file_id, row)
             self.cache.put(key, data)
+        finally:
+            del self.cache.loading[key]
+            done.set()
         return data
+
+    def _readahead(self, first: int, last: int) -> None:
+        """On sequential access, fetch the next chunks in the background."""
+        sequential = first in (self._next_read, self._next_read - 1)
+        self._next_read = last + 1
+        nursery = self.flusher.nursery
+        if not sequential or nursery is None:
+            return
+        end = min(last + 1 + READAHEAD_CHUNKS, -(-self.size // self.cs))
+        for idx in range(last + 1, end):
+            if idx in self.dirty or idx in self.inflight:
+                continue
+            row = self.meta.get_chunk(self.ino, idx)
+            if row is None or (self.ino, idx, row.oid) in self.cache.loading:
+                continue
+            if self.cache.get((self.ino, idx, row.oid)) is not None:
+                continue
+            nursery.start_soon(self._prefetch, row)
+
+    async def _prefetch(self, row: ChunkRow) -> None:
+        async with self.flusher.readahead:
+            try:
+                await self.load(row)
+            except Exception as e:  # noqa: BLE001 - the foreground read will report it
+                log.debug("readahead of chunk %d of inode %d failed: %s", row.idx, self.ino, e)
 
     async def _chunk(self, idx: int) -> bytes | bytearray:
         if idx in self.dirty:
@@ -107,8 +149,10 @@ class FileData:
         if off >= end:
             return b""
         parts = []
+        first, last = off // self.cs, (end - 1) // self.cs
+        self._readahead(first, last)
         try:
-            for idx in range(off // self.cs, (end - 1) // self.cs + 1):
+            for idx in range(first, last + 1):
                 start = idx * self.cs
                 data = await self._chunk(idx)
                 a, b = max(off, start) - start, min(end, start + self.cs) - start

@@ -488,6 +488,7 @@ class FileSystem:
         self.handles.clear()
         self.files.clear()
         self.lookups.clear()
+        await self.volume.wait_heals()
         await self.collect_unlinked()
 
     async def collect_unlinked(self) -> None:

@@ -55,6 +55,8 @@ class Volume:
         self.n = config.n_shares
         self.volume_id = config.volume_id_bytes
         self.nursery: trio.Nursery | None = None  # for background heals; None: heal inline
+        self._healing: set[bytes] = set()  # oids with a heal in progress (no double work)
+        self._heals_done = trio.Event()
 
     # -- write ---------------------------------------------------------------------------
     async def write_chunk(self, ino: int, file_id: bytes, idx: int, plain: bytes,
@@ -161,8 +163,27 @@ class Volume:
     # -- heal ----------------------------------------------------------------------------
     def _heal_later(self, ino: int, file_id: bytes, row: ChunkRow, good: dict[int, bytes],
                     bad: dict[int, str]) -> None:
-        if self.nursery is not None:
-            self.nursery.start_soon(self.heal, ino, row, good, bad)
+        if self.nursery is None or row.oid in self._healing:
+            return
+        self._healing.add(row.oid)
+        self.nursery.start_soon(self._heal_task, ino, row, good, bad)
+
+    async def _heal_task(self, ino: int, row: ChunkRow, good: dict[int, bytes],
+                         bad: dict[int, str]) -> None:
+        try:
+            await self.heal(ino, row, good, bad)
+        except Exception:
+            log.exception("heal of chunk %d of inode %d failed", row.idx, ino)
+        finally:
+            self._healing.discard(row.oid)
+            if not self._healing:
+                self._heals_done.set()
+                self._heals_done = trio.Event()
+
+    async def wait_heals(self) -> None:
+        """Wait until background heals started so far have finished (used at unmount)."""
+        while self._healing:
+            await self._heals_done.wait()
 
     async def heal(self, ino: int, row: ChunkRow, good: dict[int, bytes],
                    bad: dict[int, str]) -> None:
