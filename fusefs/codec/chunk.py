@@ -66,11 +66,13 @@ def open_(
     shares: Mapping[int, erasure.Buffer],
     k: int,
     m: int,
+    all_subsets: bool = True,
 ) -> tuple[bytes, list[int]]:
     """Rebuild and decrypt a chunk from checksum-valid shares.
 
     Tries the preferred k shares first (the data shares when present: no decode), then every
-    other k-subset, so a share whose checksum was forged is outvoted. Returns the plaintext and
+    other k-subset (unless `all_subsets` is false), so a share whose checksum was forged is
+    outvoted. Returns the plaintext and
     the share numbers proven bad: shares that do not re-encode from the winning subset.
     """
     ad = cid.associated_data()
@@ -79,7 +81,9 @@ def open_(
     if len(nums) < k:
         raise AuthenticationFailed(f"only {len(nums)} of {k} shares available")
     first = tuple(nums[:k])
-    subsets = [first, *(c for c in combinations(nums, k) if c != first)]
+    subsets = [first]
+    if all_subsets:
+        subsets += [c for c in combinations(nums, k) if c != first]
     for attempt, subset in enumerate(subsets):
         ct = erasure.decode({i: shares[i] for i in subset}, k, m, length)
         try:

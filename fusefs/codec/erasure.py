@@ -34,8 +34,11 @@ def encode(payload: Buffer, k: int, m: int) -> list[Buffer]:
     return [*data, *parity]
 
 
-def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> bytes:
-    """Rebuild the `length`-byte payload from any k shares (share number -> bytes)."""
+def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> memoryview:
+    """Rebuild the `length`-byte payload from any k shares (share number -> bytes).
+
+    Returns a view, so stripping the padding costs no copy.
+    """
     if len(shares) < k:
         raise ValueError(f"need {k} shares, got {len(shares)}")
     if all(i in shares for i in range(k)):
@@ -45,7 +48,7 @@ def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> bytes:
         blocks = [shares[i] for i in nums]  # fresh list: decode() reorders it in place
         primary = zfec.Decoder(k, k + m).decode(blocks, list(nums))
         payload = b"".join(primary)
-    return payload[:length]
+    return memoryview(payload)[:length]
 
 
 def regenerate(payload: Buffer, k: int, m: int, wanted: Sequence[int]) -> dict[int, Buffer]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fusefs.errors import ConfigError, NoSuchObject
@@ -24,6 +25,9 @@ class Store(ABC):
     """An async object store."""
 
     url: str
+    # Stores whose reads are cheap blocking calls (local disks) also offer them as a plain
+    # function, so the volume can read and verify a whole chunk in one worker-thread hop.
+    get_blocking: Callable[[str], bytes] | None = None
 
     @abstractmethod
     async def get(self, name: str) -> bytes:

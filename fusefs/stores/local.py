@@ -31,6 +31,7 @@ class LocalStore(Store):
         self._objects = self.root / "objects"
         self._limiter = trio.CapacityLimiter(_IO_THREADS)
         self._dirty = False
+        self.get_blocking = self._get_sync
 
     def _path(self, name: str) -> Path:
         if name == MARKER:
