@@ -76,7 +76,10 @@ class FileData:
         self.ino = ino
         self.file_id = file_id
         self.size = size
-        self.mtime_ns: int | None = None  # set when data changed and not yet committed
+        # times of a data change not yet committed (None: nothing pending); kept apart so an
+        # explicit utimens after writing (cp -p) keeps its mtime while ctime stays current
+        self.mtime_ns: int | None = None
+        self.ctime_ns: int | None = None
         self.meta = meta
         self.volume = volume
         self.cs = volume.config.chunk_size
@@ -194,7 +197,7 @@ class FileData:
                 buf[a : a + n] = data[pos : pos + n]
                 pos += n
                 self.size = max(self.size, idx * self.cs + a + n)
-                self.mtime_ns = time.time_ns()
+                self.mtime_ns = self.ctime_ns = time.time_ns()
                 if len(buf) == self.cs:
                     await self._start_flush(idx)
         except (ChunkUnrecoverable, StoreError) as e:
@@ -241,8 +244,8 @@ class FileData:
             raise fs_error(e)
         if self.mtime_ns is not None:
             self.meta.update_inode(self.ino, size=self.size, mtime_ns=self.mtime_ns,
-                                   ctime_ns=self.mtime_ns)
-            self.mtime_ns = None
+                                   ctime_ns=self.ctime_ns or self.mtime_ns)
+            self.mtime_ns = self.ctime_ns = None
             self.unsynced = True
         if self.unsynced:
             self.unsynced = False
@@ -279,5 +282,5 @@ class FileData:
         self.size = size
         now = time.time_ns()
         self.meta.update_inode(self.ino, size=size, mtime_ns=now, ctime_ns=now)
-        self.mtime_ns = None if not self.dirty else now
+        self.mtime_ns = self.ctime_ns = None if not self.dirty else now
         self.unsynced = True

@@ -67,7 +67,8 @@ class FileSystem:
         if fd is not None:
             row = replace(row, size=fd.size)
             if fd.mtime_ns is not None:
-                row.mtime_ns = row.ctime_ns = fd.mtime_ns
+                row.mtime_ns = fd.mtime_ns
+                row.ctime_ns = fd.ctime_ns or fd.mtime_ns
         return row
 
     def _dir(self, ino: int) -> InodeRow:
@@ -164,7 +165,7 @@ class FileSystem:
             fields["mtime_ns"] = mtime_ns
             fd = self.files.get(ino)
             if fd is not None and fd.mtime_ns is not None:
-                fd.mtime_ns = mtime_ns
+                fd.mtime_ns, fd.ctime_ns = mtime_ns, now
         if fields or size is not None:
             fields["ctime_ns"] = now
             self.meta.update_inode(ino, **fields)

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class VolumeKeys:
         self._name_key = _hkdf(master, volume_id, b"fusefs object names")
         self.check_value = _hkdf(master, volume_id, b"fusefs key check").hex()
         self._file_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._lock = threading.Lock()  # worker threads (fast read path) share the cache
 
     def matches(self, check_value: str) -> bool:
         """True when this key produced `check_value` (constant-time compare)."""
@@ -81,14 +83,16 @@ class VolumeKeys:
 
     def file_aead(self, file_id: bytes) -> AESGCM:
         """The AES-256-GCM instance for one file (LRU-cached)."""
-        aead = self._file_aeads.get(file_id)
-        if aead is None:
-            aead = AESGCM(_hkdf(self._master, self._volume_id, b"fusefs file key" + file_id))
+        with self._lock:
+            aead = self._file_aeads.get(file_id)
+            if aead is not None:
+                self._file_aeads.move_to_end(file_id)
+                return aead
+        aead = AESGCM(_hkdf(self._master, self._volume_id, b"fusefs file key" + file_id))
+        with self._lock:
             self._file_aeads[file_id] = aead
             if len(self._file_aeads) > _FILE_KEY_CACHE:
                 self._file_aeads.popitem(last=False)
-        else:
-            self._file_aeads.move_to_end(file_id)
         return aead
 
     def object_name(self, oid: bytes, share: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ class MetaRepo:
         if not create and not self.path.exists():
             raise ConfigError(f"metadata database {self.path} is missing")
         self._depth = 0
-        uri = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        quoted = urllib.parse.quote(str(self.path))  # '#', '?', '%' are URI syntax
+        uri = f"file:{quoted}?mode=ro" if read_only else f"file:{quoted}"
         try:
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None,
                                       check_same_thread=False)
@@ -85,7 +87,7 @@ class MetaRepo:
                 "SELECT value FROM dbinfo WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
-        if version is None or int(version[0]) != SCHEMA_VERSION:
+        if version is None or version[0] != str(SCHEMA_VERSION):
             raise ConfigError(f"metadata database {self.path} has an unknown schema version")
 
     def close(self) -> None:
@@ -225,6 +227,19 @@ class MetaRepo:
                 " digests) VALUES (?,?,?,?,?,?,?)",
                 (ino, chunk.idx, chunk.version, chunk.oid, chunk.length, chunk.placement,
                  chunk.digests))
+
+    def set_share_digest(self, ino: int, idx: int, oid: bytes, share: int,
+                         digest: bytes) -> None:
+        """Record a share's checksum after a heal proved it by authentication (the stored
+        digest matched forged bytes). Only the named chunk version is touched."""
+        row = self.db.execute("SELECT digests FROM chunks WHERE inode=? AND idx=? AND oid=?",
+                              (ino, idx, oid)).fetchone()
+        if row is None:
+            return
+        digests = bytearray(row[0])
+        digests[16 * share : 16 * share + 16] = digest
+        self.db.execute("UPDATE chunks SET digests=? WHERE inode=? AND idx=? AND oid=?",
+                        (bytes(digests), ino, idx, oid))
 
     def delete_chunks_from(self, ino: int, first_idx: int) -> None:
         """Drop chunks idx >= first_idx (truncate/delete); their shares become garbage."""

@@ -137,7 +137,11 @@ class LocalStore(Store):
     async def sync(self) -> None:
         if self._dirty:
             self._dirty = False
-            await self._run(self._sync_sync)
+            try:
+                await self._run(self._sync_sync)
+            except BaseException:
+                self._dirty = True  # not synced: the next sync must try again
+                raise
 
     async def check(self, writable: bool) -> None:
         try:
