@@ -111,6 +111,8 @@ class FileSystem:
     # -- lookups and attributes ----------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> InodeRow:
         self._dir(parent)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             ino = parent
         elif name == b"..":

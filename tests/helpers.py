@@ -1,0 +1,556 @@
+"""Helpers for the real-mount tests: running the CLI, mounting and always unmounting, file trees.
+
+Everything here talks to fusefs only through its command-line contract (`python -m fusefs ...`)
+and through the mounted filesystem, never by importing the package.
+
+Unmounting is defensive because a hung FUSE daemon blocks every process touching the mount
+(and every `sync()` on the machine): a mount is taken down with `fusefs umount`, then
+`fusermount3 -uz`, then by aborting its FUSE connection and killing the daemon. Whether a path
+is mounted is read from /proc/self/mountinfo, which never blocks on a hung daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FUSEFS = [sys.executable, "-m", "fusefs"]
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+CLI_TIMEOUT = 90  # seconds for one CLI call (init, mount, umount, status)
+MOUNT_READY_TIMEOUT = 15  # seconds to wait for the mount to appear after `fusefs mount`
+DAEMON_EXIT_TIMEOUT = 10  # seconds to wait for the daemon to go away
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+# The file sizes of the reference tree (issue 2, "Done when" 1).
+TREE_SIZES = [
+    0, 1, 4095, 4096, 4097, MiB - 1, MiB, MiB + 1, 3 * MiB + 17, 11 * MiB,
+]
+
+
+def fuse_unavailable_reason() -> str | None:
+    """Why real-mount tests cannot run here, or None when they can."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (in a container: --device /dev/fuse --cap-add SYS_ADMIN)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Running the command line
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """The outcome of one `fusefs` command."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def describe(self) -> str:
+        return (
+            f"`fusefs {' '.join(self.args)}` exited {self.returncode}\n"
+            f"--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
+        )
+
+
+def run_fusefs(*args: object, timeout: float = CLI_TIMEOUT) -> Result:
+    """Run `python -m fusefs ARGS` and return its exit status and output.
+
+    Output goes to temporary files, not pipes: a daemon that forgot to close an inherited
+    pipe would otherwise make this call wait forever.
+    """
+    argv = [str(a) for a in args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(
+                [*FUSEFS, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                timeout=timeout,
+                cwd="/",
+            )
+        except subprocess.TimeoutExpired as exc:
+            cmd = " ".join(argv)
+            raise AssertionError(f"`fusefs {cmd}` did not finish in {timeout} s") from exc
+        out.seek(0)
+        err.seek(0)
+        return Result(
+            argv,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
+
+
+def assert_ok(res: Result) -> Result:
+    assert res.returncode == 0, res.describe()
+    assert "Traceback" not in res.stderr + res.stdout, res.describe()
+    return res
+
+
+def assert_fails(res: Result, code: int = 1, *, contains: Iterable[str] = ()) -> str:
+    """Assert the failure contract and return the error line.
+
+    Exit 1: exactly one non-empty line on stderr. Exit 2 (usage): argparse-style output is
+    allowed to span lines, but must say something. Never a traceback.
+    """
+    assert res.returncode == code, f"expected exit {code}; " + res.describe()
+    assert "Traceback" not in res.stderr + res.stdout, res.describe()
+    text = res.stderr.rstrip("\n")
+    assert text.strip(), "no error message on stderr; " + res.describe()
+    lines = text.split("\n")
+    if code == 1:
+        assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}; " + res.describe()
+    message = lines[-1]
+    for needle in contains:
+        assert needle.lower() in text.lower(), f"{needle!r} not in the message; " + res.describe()
+    return message
+
+
+def status_json(target: Path | str) -> dict:
+    res = assert_ok(run_fusefs("status", target, "--json"))
+    try:
+        return json.loads(res.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError("status --json printed no JSON object; " + res.describe()) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Volume:
+    path: Path
+    stores: list[Path]
+    key: Path
+    k: int
+    m: int
+
+    def store_url(self, i: int) -> str:
+        return "file://" + str(self.stores[i])
+
+    def objects(self, i: int) -> list[Path]:
+        """The share objects of store i (regular files under STORE/objects/)."""
+        root = self.stores[i] / "objects"
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def create_volume(
+    base: Path,
+    name: str = "vol",
+    *,
+    n_stores: int = 5,
+    k: int = 3,
+    m: int = 2,
+    chunk_size: int | None = None,
+    key: Path | None = None,
+) -> Volume:
+    """`fusefs init` a volume BASE/NAME over N fresh store directories BASE/NAME-stores/sI."""
+    base.mkdir(parents=True, exist_ok=True)
+    stores = [base / f"{name}-stores" / f"s{i}" for i in range(n_stores)]
+    for s in stores:
+        s.mkdir(parents=True)
+    key = key if key is not None else base / f"{name}.key"
+    vol = Volume(base / name, stores, key, k, m)
+    args: list[object] = ["init", vol.path]
+    for i in range(n_stores):
+        args += ["--store", vol.store_url(i)]
+    args += ["--data-shares", k, "--parity-shares", m, "--key-file", key]
+    if chunk_size is not None:
+        args += ["--chunk-size", chunk_size]
+    assert_ok(run_fusefs(*args))
+    assert key.is_file(), f"init did not write the key file {key}"
+    return vol
+
+
+# --------------------------------------------------------------------------------------------
+# Mounts
+# --------------------------------------------------------------------------------------------
+
+
+def _unescape_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mount_entry(mnt: Path | str) -> tuple[int, str] | None:
+    """(device minor, fstype) of the topmost mount at MNT, from mountinfo (never blocks)."""
+    target = os.path.abspath(mnt)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) < 5 or _unescape_mountinfo(fields[4]) != target:
+                continue
+            minor = int(fields[2].split(":")[1])
+            found = (minor, right.split()[0] if right else "")
+    return found
+
+
+def is_mounted(mnt: Path | str) -> bool:
+    return mount_entry(mnt) is not None
+
+
+def fuse_mounts() -> list[str]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] and re.fullmatch(r"fuse(\.\w+)?", right.split()[0]):
+                out.append(_unescape_mountinfo(left.split()[4]))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """True while PID exists and is not a zombie (a reparented daemon may stay a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll PREDICATE until it is true or TIMEOUT seconds passed (the only waiting we do)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def read_pid_file(vol_path: Path) -> int | None:
+    try:
+        text = (vol_path / "fusefs.pid").read_text()
+    except OSError:
+        return None
+    m = re.search(r"\d+", text)
+    return int(m.group()) if m else None
+
+
+def abort_connection(minor: int) -> bool:
+    """Abort the FUSE connection with id MINOR (makes every blocked request fail ENOTCONN)."""
+    if os.geteuid() == 0 and FUSECTL.is_dir() and not any(FUSECTL.iterdir()):
+        # fusectl is not mounted here yet; mounting it is harmless and makes abort possible.
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(FUSECTL)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False,
+        )
+    abort = FUSECTL / str(minor) / "abort"
+    try:
+        abort.write_text("1")
+        return True
+    except OSError:
+        return False
+
+
+def fusermount_lazy(mnt: Path | str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["fusermount3", "-uz", str(mnt)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False,
+    )
+
+
+@dataclass
+class MountRecord:
+    mnt: Path
+    volume: Path
+    pid: int | None = None
+    minor: int | None = None
+
+
+_REGISTRY_LOCK = threading.Lock()
+_ALL_MOUNTERS: list[Mounter] = []
+
+
+@dataclass
+class Mounter:
+    """Mounts volumes and guarantees they are gone at cleanup(), whatever state they are in."""
+
+    records: list[MountRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        with _REGISTRY_LOCK:
+            _ALL_MOUNTERS.append(self)
+
+    def try_mount(self, vol: Volume, mnt: Path, *extra: object, key: Path | None = None) -> Result:
+        """Run `fusefs mount` without judging the outcome; a mount that appears is tracked."""
+        rec = MountRecord(Path(os.path.abspath(mnt)), vol.path)
+        was_mounted = is_mounted(rec.mnt)
+        self.records.append(rec)
+        res = run_fusefs(
+            "mount", vol.path, mnt, "--key-file", key if key is not None else vol.key, *extra
+        )
+        if res.returncode == 0:
+            wait_until(lambda: is_mounted(rec.mnt), MOUNT_READY_TIMEOUT)
+        entry = mount_entry(rec.mnt)
+        if entry is None or (was_mounted and res.returncode != 0):
+            # Nothing new to track (failed mount, or a mountpoint that was already in use).
+            self.records.remove(rec)
+            return res
+        rec.minor = entry[0]
+        rec.pid = read_pid_file(vol.path)
+        return res
+
+    def mount(self, vol: Volume, mnt: Path, *extra: object, key: Path | None = None) -> Path:
+        """Mount VOL at MNT (created if missing); assert it is live; return MNT."""
+        mnt = Path(mnt)
+        mnt.mkdir(parents=True, exist_ok=True)
+        res = self.try_mount(vol, mnt, *extra, key=key)
+        assert_ok(res)
+        deadline = time.monotonic() + MOUNT_READY_TIMEOUT
+        while not os.path.ismount(mnt):
+            assert time.monotonic() < deadline, f"{mnt} is not a mountpoint after `fusefs mount`"
+            time.sleep(0.05)
+        rec = self._record(mnt)
+        if rec is not None and rec.pid is None:
+            rec.pid = read_pid_file(vol.path)
+        return mnt
+
+    def _record(self, mnt: Path) -> MountRecord | None:
+        target = Path(os.path.abspath(mnt))
+        for rec in reversed(self.records):
+            if rec.mnt == target:
+                return rec
+        return None
+
+    def umount(self, mnt: Path) -> Result:
+        """`fusefs umount MNT` and assert it did everything it promises."""
+        rec = self._record(mnt)
+        res = run_fusefs("umount", mnt)
+        assert_ok(res)
+        assert not is_mounted(mnt), f"{mnt} is still mounted after `fusefs umount`"
+        if rec is not None:
+            if rec.pid is not None:
+                assert wait_until(lambda: not pid_alive(rec.pid), 3), (
+                    f"daemon {rec.pid} still running after `fusefs umount` returned"
+                )
+            self.records.remove(rec)
+        return res
+
+    def adopt(self, vol: Volume, mnt: Path) -> None:
+        """Track a mount that appeared without `mount()` (so cleanup takes it down)."""
+        entry = mount_entry(mnt)
+        rec = MountRecord(Path(os.path.abspath(mnt)), vol.path, read_pid_file(vol.path))
+        rec.minor = entry[0] if entry else None
+        self.records.append(rec)
+
+    def forget(self, mnt: Path) -> None:
+        """Stop tracking MNT (the test took it down some other way and checked that)."""
+        rec = self._record(mnt)
+        if rec is not None:
+            self.records.remove(rec)
+
+    def abort_all(self) -> None:
+        """Abort every tracked connection and kill its daemon (hang watchdog; no waiting)."""
+        for rec in list(self.records):
+            entry = mount_entry(rec.mnt)
+            minor = entry[0] if entry else rec.minor
+            if minor is not None:
+                abort_connection(minor)
+            if rec.pid is not None and pid_alive(rec.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
+
+    def cleanup(self) -> list[str]:
+        """Take down every tracked mount; return what went wrong on the clean path."""
+        problems: list[str] = []
+        for rec in reversed(list(self.records)):
+            problems += _teardown(rec)
+            self.records.remove(rec)
+        with _REGISTRY_LOCK, contextlib.suppress(ValueError):
+            _ALL_MOUNTERS.remove(self)
+        return problems
+
+
+def _teardown(rec: MountRecord) -> list[str]:
+    problems: list[str] = []
+    entry = mount_entry(rec.mnt)
+    if rec.pid is None and entry is not None:
+        rec.pid = read_pid_file(rec.volume)
+    if entry is not None:
+        rec.minor = entry[0]
+        try:
+            res = run_fusefs("umount", rec.mnt, timeout=30)
+            if res.returncode != 0 or "Traceback" in res.stderr:
+                problems.append(f"teardown: {res.describe()}")
+        except AssertionError as exc:
+            problems.append(f"teardown: {exc}")
+    if is_mounted(rec.mnt):
+        fusermount_lazy(rec.mnt)
+    if rec.pid is not None and not wait_until(lambda: not pid_alive(rec.pid), DAEMON_EXIT_TIMEOUT):
+        problems.append(f"teardown: daemon {rec.pid} of {rec.mnt} did not exit; killed")
+        if rec.minor is not None:
+            abort_connection(rec.minor)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(rec.pid), DAEMON_EXIT_TIMEOUT)
+    if is_mounted(rec.mnt):
+        if rec.minor is not None:
+            abort_connection(rec.minor)
+        fusermount_lazy(rec.mnt)
+        if is_mounted(rec.mnt):
+            subprocess.run(["umount", "-l", str(rec.mnt)], capture_output=True, check=False)
+        problems.append(f"teardown: {rec.mnt} needed a forced unmount")
+    return problems
+
+
+def abort_all_mounts(why: str) -> None:
+    """Watchdog entry point: unblock a test stuck in a FUSE request."""
+    with _REGISTRY_LOCK:
+        mounters = list(_ALL_MOUNTERS)
+    if any(m.records for m in mounters):
+        print(f"\n[watchdog] {why}: aborting FUSE connections", file=sys.stderr, flush=True)
+    for m in mounters:
+        m.abort_all()
+
+
+# --------------------------------------------------------------------------------------------
+# Data and trees
+# --------------------------------------------------------------------------------------------
+
+
+def rand_bytes(n: int, seed: object) -> bytes:
+    return random.Random(str(seed)).randbytes(n)
+
+
+def tree_layout(sizes: Iterable[int]) -> dict[str, int]:
+    """Relative path -> size, spread over nested directories."""
+    dirs = ["", "a", "a/b", "a/b/c", "d", "d/e f", "a/b/c/deep/er"]
+    layout = {}
+    for i, size in enumerate(sizes):
+        d = dirs[i % len(dirs)]
+        name = f"f{i:02d}-{size}.bin"
+        layout[f"{d}/{name}" if d else name] = size
+    return layout
+
+
+def write_tree(root: Path, layout: dict[str, int], seed: object = 0) -> dict[str, bytes]:
+    """Write the files of LAYOUT under ROOT (plus an empty directory); return their contents."""
+    contents = {}
+    for rel, size in layout.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = rand_bytes(size, f"{seed}:{rel}")
+        p.write_bytes(data)
+        contents[rel] = data
+    (root / "empty-dir").mkdir(parents=True, exist_ok=True)
+    return contents
+
+
+def assert_tree(root: Path, expected: dict[str, bytes], *, exact: bool = True) -> None:
+    """Every file of EXPECTED under ROOT is bit-identical (and, if EXACT, nothing else exists)."""
+    if exact:
+        found = set()
+        for dirpath, _dirs, files in os.walk(root):
+            for f in files:
+                found.add(os.path.relpath(os.path.join(dirpath, f), root))
+        assert found == set(expected), (
+            f"files differ: missing {sorted(set(expected) - found)}, "
+            f"unexpected {sorted(found - set(expected))}"
+        )
+    for rel, data in expected.items():
+        p = root / rel
+        st = p.stat()
+        assert st.st_size == len(data), f"{rel}: size {st.st_size}, expected {len(data)}"
+        got = p.read_bytes()
+        if got != data:
+            first = next((i for i, (a, b) in enumerate(zip(got, data, strict=False)) if a != b),
+                         min(len(got), len(data)))
+            raise AssertionError(f"{rel}: content differs from byte {first} on "
+                                 f"(read {len(got)} bytes, expected {len(data)})")
+
+
+def read_checked(path: Path, expected: bytes, block: int = 256 * KiB) -> str:
+    """Read PATH; return "ok" or "eio". Any byte that IS returned must be the right byte."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return "eio"
+        raise
+    try:
+        got = bytearray()
+        while True:
+            try:
+                buf = os.read(fd, block)
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    assert bytes(got) == expected[: len(got)], f"{path}: wrong bytes before EIO"
+                    return "eio"
+                raise
+            if not buf:
+                break
+            got += buf
+            assert bytes(got) == expected[: len(got)], (
+                f"{path}: WRONG BYTES returned in [{len(got) - len(buf)}, {len(got)})"
+            )
+        assert len(got) == len(expected), f"{path}: read {len(got)} bytes, expected {len(expected)}"
+        return "ok"
+    finally:
+        os.close(fd)
+
+
+def drop_cache(path: Path | str) -> None:
+    """Drop the kernel's clean cached pages of PATH so the next read asks the daemon."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_uncached(path: Path | str) -> bytes:
+    drop_cache(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def snapshot_files(root: Path, ignore: Iterable[str] = ()) -> dict[str, bytes]:
+    """Relative path -> content of every regular file under ROOT, minus names matching IGNORE."""
+    pats = [re.compile(p) for p in ignore]
+    snap = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            if any(p.search(rel) for p in pats):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                snap[rel] = Path(dirpath, f).read_bytes()
+    return snap
+
+
+def copy_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
