@@ -147,13 +147,19 @@ def status(target: str, as_json: bool) -> int:
     try:
         st = meta.stats()
         stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares)
+        queued = meta.repair_count()
+        at_risk = {meta.path_of(ino) or f"<inode {ino}>" for ino in meta.inodes_with_repairs()}
     finally:
         meta.close()
     events = read_events(vd.path / "events.jsonl")
-    by_store: dict[str, int] = {}
+    by_store: dict[str, dict[str, int]] = {}
+    by_action: dict[str, int] = {}
     for e in events:
-        if e.get("store"):
-            by_store[e["store"]] = by_store.get(e["store"], 0) + 1
+        kinds = by_store.setdefault(e.get("store") or "-", {})
+        kinds[e.get("kind", "?")] = kinds.get(e.get("kind", "?"), 0) + 1
+        by_action[e.get("action", "?")] = by_action.get(e.get("action", "?"), 0) + 1
+        if e.get("action") == "unrecoverable" and e.get("file"):
+            at_risk.add(e["file"])
     report = {
         "volume": str(vd.path),
         "volume_id": cfg.volume_id,
@@ -168,7 +174,9 @@ def status(target: str, as_json: bool) -> int:
         "chunks": st.chunks,
         "logical_bytes": st.logical_bytes,
         "stored_bytes": stored,
-        "events": {"total": len(events), "by_store": by_store,
+        "repairs_queued": queued,
+        "files_at_risk": sorted(at_risk),
+        "events": {"total": len(events), "by_store": by_store, "by_action": by_action,
                    "last": events[-1] if events else None},
     }
     if as_json:
@@ -187,11 +195,16 @@ def status(target: str, as_json: bool) -> int:
         objs = "" if s["objects"] is None else f"  {s['objects']} objects"
         err = f"  ({s['error']})" if "error" in s else ""
         print(f"  {s['url']}  {s['state']}{objs}{err}")
-    print(f"events     {len(events)} recorded")
-    for url, n in sorted(by_store.items()):
-        print(f"  {url}: {n}")
+    print(f"events     {len(events)} recorded"
+          + (f" ({', '.join(f'{n} {a}' for a, n in sorted(by_action.items()))})"
+             if events else ""))
+    for url, kinds in sorted(by_store.items()):
+        print(f"  {url}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     if events:
         last = events[-1]
         print(f"  last: {last.get('time')} {last.get('kind')} on {last.get('store')} "
               f"file {last.get('file')} -> {last.get('action')}")
+    print(f"repairs    {queued} shares queued")
+    if at_risk:
+        print(f"at risk    {len(at_risk)} files: " + ", ".join(sorted(at_risk)[:10]))
     return 0

@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("umount", help="flush, unmount and wait for the daemon to exit")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
 
+    s = sub.add_parser("scrub", help="verify every share on every store and repair damage")
+    s.add_argument("target", metavar="VOLUME|MOUNTPOINT")
+    s.add_argument("--no-repair", action="store_true", help="only report, change nothing")
+    s.add_argument("--json", action="store_true", help="machine-readable report")
+    s.add_argument("--rate", type=float, metavar="MB/S",
+                   help="limit store reads to this many MB/s (spare the readers)")
+    s.add_argument("--key-file", metavar="PATH", help="key (unmounted volumes only)")
+
     s = sub.add_parser("status", help="show a volume's state")
     s.add_argument("target", metavar="VOLUME|MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -68,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args)
         if args.command == "umount":
             return cmd_umount(args.mountpoint)
+        if args.command == "scrub":
+            from fusefs.scrubcli import scrub
+
+            return scrub(args)
         if args.command == "status":
             from fusefs.admin import status
 
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _setup_logging(logfile: Path, to_stderr: bool) -> None:
+def setup_logging(logfile: Path, to_stderr: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(logfile)]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
@@ -113,7 +125,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ready_fd = None
 
     vd.load()  # the log lives in the volume: refuse a non-volume before creating a file
-    _setup_logging(vd.log, to_stderr=args.ready_fd is None)
+    setup_logging(vd.log, to_stderr=args.ready_fd is None)
     try:
         serve(vd, args.key_file, args.mountpoint, opts, ready)
     except FusefsError:

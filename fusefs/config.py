@@ -36,10 +36,16 @@ class VolumeConfig:
     stores: list[str]
     key_check: str
     format: int = FORMAT
+    write_quorum: int = 0  # stores that must take a share for a write to succeed; 0: k + 1
 
     @property
     def n_shares(self) -> int:
         return self.data_shares + self.parity_shares
+
+    @property
+    def quorum(self) -> int:
+        """Effective write quorum: k + 1 by default (one failure more is survivable)."""
+        return self.write_quorum or min(self.n_shares, self.data_shares + 1)
 
     @property
     def volume_id_bytes(self) -> bytes:
@@ -98,6 +104,8 @@ def validate(cfg: VolumeConfig) -> None:
     if cfg.n_shares > len(cfg.stores):
         raise ConfigError(f"{cfg.data_shares} data + {cfg.parity_shares} parity shares need "
                           f"{cfg.n_shares} stores, but {len(cfg.stores)} were given")
+    if cfg.write_quorum and not cfg.data_shares <= cfg.write_quorum <= cfg.n_shares:
+        raise ConfigError(f"write quorum must be between {cfg.data_shares} and {cfg.n_shares}")
     if not MIN_CHUNK <= cfg.chunk_size <= MAX_CHUNK:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
     try:

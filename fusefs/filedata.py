@@ -218,8 +218,9 @@ class FileData:
         data = self.inflight[idx][1]
         try:
             prev = self.meta.chunk_version(self.ino, idx)
-            row = await self.volume.write_chunk(self.ino, self.file_id, idx, data, prev)
-            self.meta.put_chunk(self.ino, row, size=self.size)
+            row, missing = await self.volume.write_chunk(self.ino, self.file_id, idx, data,
+                                                         prev)
+            self.volume.commit_chunk(self.ino, row, missing, size=self.size)
             self.cache.put((self.ino, idx, row.oid), data)
             self.unsynced = True
         except Exception as e:  # noqa: BLE001 - reported to the writer at flush/fsync
@@ -273,11 +274,11 @@ class FileData:
                     if row is not None and row.length > keep:
                         try:
                             data = (await self.load(row))[:keep]
-                            new = await self.volume.write_chunk(
+                            new, missing = await self.volume.write_chunk(
                                 self.ino, self.file_id, last, data, row.version)
                         except (ChunkUnrecoverable, StoreError) as e:
                             raise fs_error(e) from None
-                        self.meta.put_chunk(self.ino, new)
+                        self.volume.commit_chunk(self.ino, new, missing)
                         self.cache.put((self.ino, last, new.oid), data)
         self.size = size
         now = time.time_ns()

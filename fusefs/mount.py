@@ -130,6 +130,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
                  opts: MountOptions, ready: Callable[[str | None], None]) -> None:
     import pyfuse3
 
+    from fusefs.control import ControlServer
     from fusefs.fuse_ops import FuseOps, mount_options
 
     stores = [open_store(u) for u in cfg.stores]
@@ -160,7 +161,9 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     try:
         async with trio.open_nursery() as nursery:
             fs.flusher.nursery = nursery
-            volume.nursery = nursery
+            volume.healer.nursery = nursery
+            nursery.start_soon(volume.healer.run_worker)
+            await nursery.start(ControlServer(vd.path, volume).serve)
             nursery.start_soon(_stop_on_signal, signalled)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u) or on a signal
@@ -169,7 +172,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
             nursery.cancel_scope.cancel()
     finally:
         fs.flusher.nursery = None
-        volume.nursery = None
+        volume.healer.nursery = None
         if unmount:
             with trio.CancelScope(shield=True):
                 await fs.shutdown()

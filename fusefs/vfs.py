@@ -48,7 +48,6 @@ class FileSystem:
         self.handles: dict[int, Handle] = {}
         self.files: dict[int, FileData] = {}
         self._next_fh = 1
-        volume.events.resolve_path = self.path_of
 
     # -- helpers -------------------------------------------------------------------------
     def _inode(self, ino: int) -> InodeRow:
@@ -94,19 +93,6 @@ class FileSystem:
     def _touch_dir(self, ino: int) -> None:
         now = time.time_ns()
         self.meta.update_inode(ino, mtime_ns=now, ctime_ns=now)
-
-    def path_of(self, ino: int) -> str | None:
-        """A path of an inode, for event records (None once unlinked)."""
-        parts = []
-        while ino != ROOT_INODE:
-            entry = self.meta.parent_of(ino)
-            if entry is None:
-                return None
-            ino, name = entry
-            parts.append(os.fsdecode(name))
-            if len(parts) > 4096:
-                return None
-        return "/" + "/".join(reversed(parts))
 
     # -- lookups and attributes ----------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> InodeRow:
@@ -491,7 +477,7 @@ class FileSystem:
         self.handles.clear()
         self.files.clear()
         self.lookups.clear()
-        await self.volume.wait_heals()
+        await self.volume.healer.wait()
         await self.collect_unlinked()
 
     async def collect_unlinked(self) -> None:

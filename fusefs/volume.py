@@ -1,50 +1,48 @@
 """The volume: chunks in, verified plaintext out, over K+M shares on N stores.
 
 Responsible for placement, parallel share I/O, checksum verification, rebuild from any K good
-shares, healing bad shares on read, copy-on-write garbage collection and durability points.
+shares, store health (a failing store is skipped for a while instead of awaited), the write
+quorum, copy-on-write garbage collection and durability points. Healing lives in `heal.py`.
 It knows chunk rows and stores; it knows nothing about names, directories or FUSE.
 
-Concurrency: runs on the trio thread; zfec/AES-GCM work above `CPU_THRESHOLD` bytes goes to
-worker threads behind one limiter (both release the GIL), smaller work stays inline because a
-thread hop costs more than it saves.
+Concurrency: runs on the trio thread; CPU work goes through `workers.run_cpu`; local stores
+are read and verified a whole chunk per worker-thread hop (`_read_healthy`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Iterable
 
 import trio
 
 from fusefs import placement
 from fusefs.codec import chunk as chunkcodec
-from fusefs.codec import erasure
 from fusefs.codec.checksum import digest
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
 from fusefs.errors import ChunkUnrecoverable, NoSuchObject, StoreError
 from fusefs.events import EventLog
+from fusefs.heal import Healer
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.stores.base import Store
+from fusefs.workers import run_cpu
 
 log = logging.getLogger(__name__)
 
-CPU_THRESHOLD = 128 << 10  # below this, sealing/opening inline beats a thread hop
-_CPU_LIMITER = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
 _FAST_READ_LIMITER = trio.CapacityLimiter(8)  # whole-chunk reads from local stores
+STORE_RETRY_SECONDS = 15.0  # a failed store is skipped this long before it is tried again
+READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
+
+# Problems a share can have; these strings are event kinds (see events.py).
+MISSING, CHECKSUM, AUTH, UNREACHABLE = (
+    "missing", "checksum_mismatch", "authentication_failure", "store_unreachable")
 
 
 class _NotHealthy(Exception):
     """The one-hop fast path met anything unusual; the general path takes over."""
-
-
-async def run_cpu(size: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run CPU-bound `fn` in a worker thread when the input is large enough to pay off."""
-    if size < CPU_THRESHOLD:
-        return fn(*args)
-    return await trio.to_thread.run_sync(fn, *args, limiter=_CPU_LIMITER)
 
 
 class Volume:
@@ -58,19 +56,47 @@ class Volume:
         self.k = config.data_shares
         self.m = config.parity_shares
         self.n = config.n_shares
+        self.quorum = config.quorum
         self.volume_id = config.volume_id_bytes
-        self.nursery: trio.Nursery | None = None  # for background heals; None: heal inline
-        self._healing: set[bytes] = set()  # oids with a heal in progress (no double work)
         self._fast_reads = all(s.get_blocking is not None for s in stores)
-        self._heals_done = trio.Event()
+        self._down_until: dict[int, float] = {}  # store index -> monotonic retry time
+        self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
+        events.resolve_path = meta.path_of
+        self.healer = Healer(self)
+
+    # -- store health --------------------------------------------------------------------
+    def store_down(self, si: int) -> bool:
+        until = self._down_until.get(si)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            del self._down_until[si]  # try it again; a new failure marks it down again
+            log.info("retrying store %s", self.stores[si].url)
+            return False
+        return True
+
+    def mark_down(self, si: int, error: Exception) -> None:
+        if si not in self._down_until:
+            self.events.record(UNREACHABLE, action="bypassed", store=self.stores[si].url,
+                               detail=str(error))
+        self._down_until[si] = time.monotonic() + STORE_RETRY_SECONDS
+
+    def mark_up(self, si: int) -> None:
+        if self._down_until.pop(si, None) is not None:
+            log.info("store %s is reachable again", self.stores[si].url)
+
+    def down_stores(self) -> list[str]:
+        return [self.stores[si].url for si in list(self._down_until) if self.store_down(si)]
 
     # -- write ---------------------------------------------------------------------------
     async def write_chunk(self, ino: int, file_id: bytes, idx: int, plain: bytes,
-                          prev_version: int) -> ChunkRow:
-        """Seal `plain` as a new version of chunk `idx` and store all n shares.
+                          prev_version: int) -> tuple[ChunkRow, list[int]]:
+        """Seal `plain` as a new version of chunk `idx` and store its shares.
 
-        Returns the row to commit. Nothing is committed here: the caller commits, and the
-        replaced version's shares become garbage in that same commit (copy-on-write).
+        Returns the row to commit and the shares that could not be stored (at most
+        n - quorum; they go to the repair queue with the commit). Raises StoreError when
+        fewer than `quorum` stores took a share; nothing is committed then. The caller
+        commits with `commit_chunk`: the replaced version becomes garbage in that commit.
         """
         oid = os.urandom(16)
         version = prev_version + 1
@@ -79,21 +105,44 @@ class Volume:
         shares, digests = await run_cpu(len(plain), chunkcodec.seal, aead, cid, oid, plain,
                                         self.k, self.m)
         where = placement.place(oid, self.n, len(self.stores))
-        failures: list[StoreError] = []
+        failed: dict[int, StoreError] = {}
 
         async def put(i: int) -> None:
+            si = where[i]
+            if self.store_down(si):
+                failed[i] = StoreError(f"store {self.stores[si].url} is unavailable")
+                return
             try:
-                await self.stores[where[i]].put(self.keys.object_name(oid, i), shares[i])
+                await self.stores[si].put(self.keys.object_name(oid, i), shares[i])
             except StoreError as e:
-                failures.append(e)
+                failed[i] = e
+                self.mark_down(si, e)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(self.n):
-                nursery.start_soon(put, i)
-        if failures:
-            await self.delete_shares(oid, where)
-            raise failures[0]
-        return ChunkRow(idx, version, oid, len(plain), where, b"".join(digests))
+        self.writing.add(oid)
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(self.n):
+                    nursery.start_soon(put, i)
+        except BaseException:
+            self.writing.discard(oid)
+            raise
+        if self.n - len(failed) < self.quorum:
+            self.writing.discard(oid)
+            await self.delete_shares(oid, where, skip=failed)
+            first = next(iter(failed.values()))
+            raise type(first)(f"only {self.n - len(failed)} of {self.n} stores took a share "
+                              f"(write quorum {self.quorum}): {first}")
+        return ChunkRow(idx, version, oid, len(plain), where, b"".join(digests)), sorted(failed)
+
+    def commit_chunk(self, ino: int, row: ChunkRow, missing: Iterable[int],
+                     size: int | None = None) -> None:
+        """Commit a written chunk version with its pending share repairs, atomically."""
+        with self.meta.transaction():
+            self.meta.put_chunk(ino, row, size=size)
+            now = time.time_ns()
+            for i in missing:
+                self.meta.queue_repair(row.oid, i, ino, row.idx, MISSING, now)
+        self.writing.discard(row.oid)
 
     # -- read ----------------------------------------------------------------------------
     async def read_chunk(self, ino: int, file_id: bytes, row: ChunkRow) -> bytes:
@@ -101,67 +150,86 @@ class Volume:
 
         Raises ChunkUnrecoverable when fewer than k shares are good.
         """
-        if self._fast_reads:
+        if self._fast_reads and not any(self._down_until.get(row.placement[i])
+                                        for i in range(self.k)):
             try:
-                return await trio.to_thread.run_sync(self._read_healthy, file_id, row,
-                                                     limiter=_FAST_READ_LIMITER)
-            except _NotHealthy:
-                pass  # something is missing or damaged: the careful path finds out what
+                with trio.fail_after(READ_TIMEOUT):
+                    return await trio.to_thread.run_sync(
+                        self._read_healthy, file_id, row, limiter=_FAST_READ_LIMITER,
+                        abandon_on_cancel=True)
+            except (_NotHealthy, trio.TooSlowError):
+                pass  # something is missing, damaged or slow: the careful path finds out
         good: dict[int, bytes] = {}
         bad: dict[int, str] = {}
-        order = list(range(self.n))  # data shares first: a healthy read needs no decoding
-        tried = 0
+        plain, forged = await self.gather(ino, file_id, row, good, bad, want_all=False)
+        if bad:
+            await self.healer.heal_later(ino, row, good, bad)
+        return plain
 
-        async def fetch(i: int) -> None:
-            store = self.stores[row.placement[i]]
-            name = self.keys.object_name(row.oid, i)
-            try:
-                data = await store.get(name)
-            except NoSuchObject:
-                bad[i] = "missing"
+    async def fetch(self, row: ChunkRow, shares: Iterable[int], good: dict[int, bytes],
+                    bad: dict[int, str]) -> None:
+        """Fetch shares in parallel; sort them into good (checksum ok) and bad (why)."""
+
+        async def one(i: int) -> None:
+            si = row.placement[i]
+            if self.store_down(si):
+                bad[i] = UNREACHABLE
                 return
-            except StoreError as e:
-                bad[i] = "store unreachable"
-                log.warning("%s", e)
+            try:
+                with trio.fail_after(READ_TIMEOUT):
+                    data = await self.stores[si].get(self.keys.object_name(row.oid, i))
+            except NoSuchObject:
+                bad[i] = MISSING
+                return
+            except (StoreError, trio.TooSlowError) as e:
+                bad[i] = UNREACHABLE
+                self.mark_down(si, e if isinstance(e, StoreError) else StoreError("timeout"))
                 return
             if digest(data) != row.share_digest(i):
-                bad[i] = "checksum mismatch"
+                bad[i] = CHECKSUM
                 return
             good[i] = data
 
-        plain = None
-        while plain is None:
+        async with trio.open_nursery() as nursery:
+            for i in shares:
+                nursery.start_soon(one, i)
+
+    async def gather(self, ino: int, file_id: bytes, row: ChunkRow, good: dict[int, bytes],
+                     bad: dict[int, str], want_all: bool) -> tuple[bytes, list[int]]:
+        """Fetch shares until k good ones authenticate (or all n with want_all) and decrypt.
+
+        Fills `good` and `bad`; shares proven forged move from good to bad. Raises
+        ChunkUnrecoverable (after recording events) when no k good shares authenticate.
+        """
+        order = list(range(self.n))  # data shares first: a healthy read needs no decoding
+        tried = self.n if want_all else 0
+        if want_all:
+            await self.fetch(row, order, good, bad)
+        cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+        aead = self.keys.file_aead(file_id)
+        while True:
             while len(good) < self.k and tried < self.n:
                 batch = order[tried : tried + self.k - len(good)]
                 tried += len(batch)
-                async with trio.open_nursery() as nursery:
-                    for i in batch:
-                        nursery.start_soon(fetch, i)
+                await self.fetch(row, batch, good, bad)
             if len(good) < self.k:
                 self._unrecoverable(ino, row, bad)
-            cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
             try:
-                plain, forged = await run_cpu(
-                    row.length, chunkcodec.open_, self.keys.file_aead(file_id), cid, row.oid,
-                    row.length, dict(good), self.k, self.m)
+                plain, forged = await run_cpu(row.length, chunkcodec.open_, aead, cid, row.oid,
+                                              row.length, dict(good), self.k, self.m)
             except chunkcodec.AuthenticationFailed:
                 if tried < self.n:  # more shares might outvote the forged ones
-                    batch = order[tried:]
-                    tried = self.n
-                    async with trio.open_nursery() as nursery:
-                        for i in batch:
-                            nursery.start_soon(fetch, i)
+                    batch, tried = order[tried:], self.n
+                    await self.fetch(row, batch, good, bad)
                     continue
                 for i in good:
-                    bad[i] = "authentication failure"
+                    bad[i] = AUTH
                 good.clear()
                 self._unrecoverable(ino, row, bad)
             for i in forged:
-                bad[i] = "authentication failure"
+                bad[i] = AUTH
                 good.pop(i, None)
-        if bad:
-            await self._heal_later(ino, row, dict(good), bad)
-        return plain
+            return plain, forged
 
     def _read_healthy(self, file_id: bytes, row: ChunkRow) -> bytes:
         """Worker thread: read the k data shares, verify, decrypt; raise _NotHealthy on
@@ -186,108 +254,63 @@ class Volume:
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str]) -> None:
         for i, why in sorted(bad.items()):
-            self.events.record(why.replace(" ", "_"), action="unrecoverable",
+            self.events.record(why, action="unrecoverable",
                                store=self.stores[row.placement[i]].url,
                                obj=self.keys.object_name(row.oid, i), inode=ino,
                                chunk=row.idx)
         raise ChunkUnrecoverable(f"chunk {row.idx} of inode {ino}: fewer than {self.k} good "
                                  f"shares ({len(bad)} of {self.n} bad)")
 
-    # -- heal ----------------------------------------------------------------------------
-    async def _heal_later(self, ino: int, row: ChunkRow, good: dict[int, bytes],
-                          bad: dict[int, str]) -> None:
-        """Heal in the background (never blocking the reader) or, with no nursery, now."""
-        if row.oid in self._healing:
-            return
-        self._healing.add(row.oid)
-        if self.nursery is None:
-            await self._heal_task(ino, row, good, bad)
-        else:
-            self.nursery.start_soon(self._heal_task, ino, row, good, bad)
-
-    async def _heal_task(self, ino: int, row: ChunkRow, good: dict[int, bytes],
-                         bad: dict[int, str]) -> None:
-        try:
-            await self.heal(ino, row, good, bad)
-        except Exception:
-            log.exception("heal of chunk %d of inode %d failed", row.idx, ino)
-        finally:
-            self._healing.discard(row.oid)
-            if not self._healing:
-                self._heals_done.set()
-                self._heals_done = trio.Event()
-
-    async def wait_heals(self) -> None:
-        """Wait until background heals started so far have finished (used at unmount)."""
-        while self._healing:
-            await self._heals_done.wait()
-
-    async def heal(self, ino: int, row: ChunkRow, good: dict[int, bytes],
-                   bad: dict[int, str]) -> None:
-        """Rewrite bad shares with their exact expected bytes, rebuilt from k good ones."""
-        subset = {i: good[i] for i in sorted(good)[: self.k]}
-        length = chunkcodec.sealed_length(row.length)
-        ct = await run_cpu(row.length, erasure.decode, subset, self.k, self.m, length)
-        fresh = await run_cpu(row.length, erasure.regenerate, ct, self.k, self.m, list(bad))
-        for i, why in sorted(bad.items()):
-            store = self.stores[row.placement[i]]
-            name = self.keys.object_name(row.oid, i)
-            if digest(fresh[i]) != row.share_digest(i):
-                if why != "authentication failure":  # cannot happen unless a bug
-                    self.events.record(why.replace(" ", "_"), action="unrecoverable",
-                                       store=store.url, obj=name, inode=ino, chunk=row.idx,
-                                       detail="rebuilt share does not match its checksum")
-                    continue
-                # The recorded checksum matched forged bytes; the rebuilt share is proven
-                # by authentication, so its checksum becomes the record.
-                self.meta.set_share_digest(ino, row.idx, row.oid, i, digest(fresh[i]))
-            try:
-                await store.put(name, fresh[i])
-                action = "healed"
-            except StoreError as e:
-                log.warning("heal of %s on %s failed: %s", name, store.url, e)
-                action = "heal failed"
-            self.events.record(why.replace(" ", "_"), action=action, store=store.url,
-                               obj=name, inode=ino, chunk=row.idx)
-
     # -- garbage and durability ----------------------------------------------------------
-    async def delete_shares(self, oid: bytes, where: bytes) -> bool:
+    async def delete_shares(self, oid: bytes, where: bytes,
+                            skip: Iterable[int] = ()) -> bool:
         """Delete every share of one chunk version; False if a store refused."""
         ok = True
+        skipped = set(skip)
 
         async def delete(i: int) -> None:
             nonlocal ok
+            if self.store_down(where[i]):
+                ok = False
+                return
             try:
                 await self.stores[where[i]].delete(self.keys.object_name(oid, i))
             except StoreError as e:
                 log.warning("%s", e)
+                self.mark_down(where[i], e)
                 ok = False
 
         async with trio.open_nursery() as nursery:
             for i in range(len(where)):
-                nursery.start_soon(delete, i)
+                if i not in skipped:
+                    nursery.start_soon(delete, i)
         return ok
 
     async def make_durable(self) -> None:
         """Make every completed write durable, then delete the shares it replaced.
 
         Order: stores synced -> metadata WAL fsynced -> old shares deleted. Garbage is read
-        before syncing so only rows whose replacement is already durable are deleted.
+        before syncing so only rows whose replacement is already durable are deleted. A
+        store that is down is skipped: its shares are not counted on (quorum, repairs).
         """
         garbage = self.meta.garbage()
         failures: list[StoreError] = []
 
-        async def sync(store: Store) -> None:
+        async def sync(si: int) -> None:
+            if self.store_down(si):
+                return
             try:
-                await store.sync()
+                await self.stores[si].sync()
             except StoreError as e:
+                self.mark_down(si, e)
                 failures.append(e)
 
         async with trio.open_nursery() as nursery:
-            for store in self.stores:
-                nursery.start_soon(sync, store)
-        if failures:
-            raise failures[0]
+            for si in range(len(self.stores)):
+                nursery.start_soon(sync, si)
+        available = sum(not self.store_down(si) for si in range(len(self.stores)))
+        if available < self.quorum:
+            raise failures[0] if failures else StoreError("too few stores are available")
         wal_size = await trio.to_thread.run_sync(self.meta.fsync_wal)
         self.meta.checkpoint_if_large(wal_size)
         done = []

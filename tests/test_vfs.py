@@ -232,7 +232,7 @@ def test_background_sealing(env: Env) -> None:
     async def main():
         async with trio.open_nursery() as nursery:
             env.fs.flusher.nursery = nursery
-            env.volume.nursery = nursery
+            env.volume.healer.nursery = nursery
             fh, ino = await create(env.fs, b"bg")
             await env.fs.write(fh, 0, data)
             mid = await env.fs.read(fh, CS - 10, 3 * CS)  # dirty, in flight or sealed
@@ -241,7 +241,7 @@ def test_background_sealing(env: Env) -> None:
             whole = await env.fs.read(fh, 0, len(data))
             await env.fs.release(fh)
             env.fs.flusher.nursery = None
-            env.volume.nursery = None
+            env.volume.healer.nursery = None
         return ino, mid, whole
 
     ino, mid, whole = run(main)

@@ -3,7 +3,7 @@
 Corruptions are applied directly to share files in the store directories
 (STORE/objects/<2 hex>/<name>), where share i of a chunk is
 `volume.keys.object_name(row.oid, i)` in store `row.placement[i]`. Healing runs in the
-background, so reads that should heal run inside a nursery assigned to `volume.nursery`;
+background, so reads that should heal run inside a nursery assigned to `volume.healer.nursery`;
 leaving the nursery waits for the heal.
 """
 
@@ -56,8 +56,8 @@ class Env:
         ino = self.ino if ino is None else ino
         file_id = self.file_id if file_id is None else file_id
         prev = self.meta.chunk_version(ino, idx)
-        row = trio.run(self.volume.write_chunk, ino, file_id, idx, data, prev)
-        self.meta.put_chunk(ino, row)
+        row, missing = trio.run(self.volume.write_chunk, ino, file_id, idx, data, prev)
+        self.volume.commit_chunk(ino, row, missing)
         return row
 
     def read(self, row: ChunkRow, file_id: bytes | None = None) -> bytes:
@@ -68,13 +68,13 @@ class Env:
             result: bytes | None = None
             error: Exception | None = None
             async with trio.open_nursery() as nursery:
-                self.volume.nursery = nursery
+                self.volume.healer.nursery = nursery
                 try:
                     result = await self.volume.read_chunk(self.ino, file_id, row)
                 except Exception as e:  # noqa: BLE001 - re-raised unwrapped below
                     error = e
                 finally:
-                    self.volume.nursery = None
+                    self.volume.healer.nursery = None
             if error is not None:
                 raise error  # not wrapped in the nursery's ExceptionGroup
             assert result is not None
@@ -154,7 +154,7 @@ def test_write_then_read(env: Env, length: int) -> None:
 
 @BOTH_READ_PATHS
 def test_write_does_not_commit(env: Env) -> None:
-    row = trio.run(env.volume.write_chunk, env.ino, env.file_id, 0, b"abc", 0)
+    row, _ = trio.run(env.volume.write_chunk, env.ino, env.file_id, 0, b"abc", 0)
     assert env.meta.get_chunk(env.ino, 0) is None
     assert trio.run(env.volume.read_chunk, env.ino, env.file_id, row) == b"abc"
 
@@ -429,10 +429,10 @@ def test_forged_share_plus_a_missing_share(env: Env) -> None:
 
 
 def test_read_without_nursery_heals_inline(env: Env) -> None:
-    """`Volume.nursery` is documented as "for background heals; None: heal inline"."""
+    """`Healer.nursery` is documented as "for background heals; None: heal inline"."""
     s = make_scene(env)
     bit_flip(s, 0)
-    assert env.volume.nursery is None
+    assert env.volume.healer.nursery is None
     assert trio.run(env.volume.read_chunk, env.ino, env.file_id, s.row) == s.data
     assert env.path(s.row, 0).read_bytes() == s.original[0], "share not healed inline"
 
@@ -457,11 +457,11 @@ def test_concurrent_reads_of_a_damaged_chunk(env: Env) -> None:
             results.append(await env.volume.read_chunk(env.ino, env.file_id, s.row))
 
         async with trio.open_nursery() as nursery:
-            env.volume.nursery = nursery
+            env.volume.healer.nursery = nursery
             for _ in range(4):
                 nursery.start_soon(one)
-        env.volume.nursery = None
-        await env.volume.wait_heals()
+        env.volume.healer.nursery = None
+        await env.volume.healer.wait()
         return results
 
     assert trio.run(main) == [s.data] * 4

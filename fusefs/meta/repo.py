@@ -201,6 +201,17 @@ class MetaRepo:
             " WHERE d.parent=? AND d.id>? ORDER BY d.id LIMIT ?", (parent, after, limit))
         return [(r[0], r[1], InodeRow(*r[2:])) for r in rows]
 
+    def path_of(self, ino: int) -> str | None:
+        """One path of an inode, for reports and events (None once unlinked)."""
+        parts: list[str] = []
+        while ino != ROOT_INODE:
+            entry = self.parent_of(ino)
+            if entry is None or len(parts) > 4096:
+                return None
+            ino, name = entry
+            parts.append(os.fsdecode(name))
+        return "/" + "/".join(reversed(parts))
+
     # -- chunks --------------------------------------------------------------------------
     def get_chunk(self, ino: int, idx: int) -> ChunkRow | None:
         row = self.db.execute(
@@ -240,6 +251,51 @@ class MetaRepo:
         digests[16 * share : 16 * share + 16] = digest
         self.db.execute("UPDATE chunks SET digests=? WHERE inode=? AND idx=? AND oid=?",
                         (bytes(digests), ino, idx, oid))
+
+    def chunks_after(self, ino: int, idx: int, limit: int) -> list[tuple[int, bytes, ChunkRow]]:
+        """Chunk rows after (ino, idx) in (inode, index) order, with each file's id: a cursor
+        that stays valid while files change (scrub)."""
+        rows = self.db.execute(
+            "SELECT c.inode, i.file_id, c.idx, c.version, c.oid, c.length, c.placement,"
+            " c.digests FROM chunks c JOIN inodes i ON i.id = c.inode"
+            " WHERE (c.inode, c.idx) > (?, ?) ORDER BY c.inode, c.idx LIMIT ?",
+            (ino, idx, limit))
+        return [(r[0], r[1], ChunkRow(*r[2:])) for r in rows]
+
+    def chunk_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+
+    def all_versions(self) -> list[tuple[bytes, bytes]]:
+        """(oid, placement) of every chunk version whose shares must stay in the stores:
+        current chunks and garbage not yet deleted."""
+        return self.db.execute("SELECT oid, placement FROM chunks UNION ALL "
+                               "SELECT oid, placement FROM garbage").fetchall()
+
+    def chunk_by_oid(self, ino: int, idx: int, oid: bytes) -> ChunkRow | None:
+        row = self.get_chunk(ino, idx)
+        return row if row is not None and row.oid == oid else None
+
+    # -- repair queue --------------------------------------------------------------------
+    def queue_repair(self, oid: bytes, share: int, ino: int, idx: int, reason: str,
+                     now_ns: int) -> None:
+        self.db.execute(
+            "INSERT INTO repairs (oid, share, inode, idx, reason, since_ns) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT (oid, share) DO UPDATE SET attempts = attempts + 1",
+            (oid, share, ino, idx, reason, now_ns))
+
+    def repairs(self, limit: int = 1000) -> list[tuple[bytes, int, int, int, str]]:
+        """Queued repairs: (oid, share, inode, idx, reason), oldest first."""
+        return self.db.execute("SELECT oid, share, inode, idx, reason FROM repairs"
+                               " ORDER BY since_ns LIMIT ?", (limit,)).fetchall()
+
+    def repair_done(self, oid: bytes, share: int) -> None:
+        self.db.execute("DELETE FROM repairs WHERE oid=? AND share=?", (oid, share))
+
+    def repair_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
+
+    def inodes_with_repairs(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT inode FROM repairs")]
 
     def delete_chunks_from(self, ino: int, first_idx: int) -> None:
         """Drop chunks idx >= first_idx (truncate/delete); their shares become garbage."""

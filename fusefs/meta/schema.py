@@ -70,6 +70,20 @@ CREATE TABLE garbage (
     placement BLOB NOT NULL
 );
 
+-- Shares known to be missing or bad that could not be rewritten yet (store down, full,
+-- read-only); retried by the repair worker and by scrub. Obsolete once the chunk version
+-- (oid) is no longer referenced by a chunk row.
+CREATE TABLE repairs (
+    oid       BLOB NOT NULL,
+    share     INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
+    idx       INTEGER NOT NULL,
+    reason    TEXT NOT NULL,      -- event kind that found it: missing, checksum_mismatch, ...
+    since_ns  INTEGER NOT NULL,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (oid, share)
+) WITHOUT ROWID;
+
 -- Key/value facts about the database itself (schema version).
 CREATE TABLE dbinfo (
     key    TEXT PRIMARY KEY,

@@ -52,6 +52,8 @@ class LocalStore(Store):
             with open(self._path(name), "rb") as f:
                 return f.read()
         except FileNotFoundError:
+            if not self.root.is_dir():  # the whole store is gone (unmounted disk?)
+                raise StoreError(f"store {self.url} is unavailable (directory missing)") from None
             raise NoSuchObject(f"store {self.url}: object {name} is missing") from None
         except OSError as e:
             raise self._error("read", name, e) from None
@@ -63,6 +65,11 @@ class LocalStore(Store):
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileNotFoundError:
+                # Never create the store root: if it is gone (a disk not mounted), writing
+                # into the empty mountpoint below it would fill the wrong disk.
+                if not self.root.is_dir():
+                    raise StoreError(
+                        f"store {self.url} is unavailable (directory missing)") from None
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:

@@ -1,0 +1,128 @@
+"""The mount daemon's control socket: lets `fusefs scrub` (and later tools) work on a mounted
+volume without unmounting it.
+
+VOLUME/fusefs.sock, mode 0600 (only the daemon's user may talk to it). Protocol: the client
+sends one JSON object per line ({"op": "scrub", "repair": true, "rate": null}); the daemon
+answers with JSON lines: any number of {"progress": [done, total, bytes]}, then one
+{"result": {...}} or {"error": "message"}. The socket is bound through /proc/self/fd so a
+long volume path cannot exceed the 108-byte limit of socket addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from fusefs.errors import FusefsError
+from fusefs.scrub import Scrubber
+from fusefs.volume import Volume
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "fusefs.sock"
+_PROGRESS_INTERVAL = 0.2  # seconds between progress messages
+
+
+def _address(volume_dir: Path) -> tuple[int, str]:
+    fd = os.open(volume_dir, os.O_RDONLY | os.O_DIRECTORY)
+    return fd, f"/proc/self/fd/{fd}/{SOCKET_NAME}"
+
+
+class ControlServer:
+    def __init__(self, volume_dir: Path, volume: Volume) -> None:
+        self.path = volume_dir / SOCKET_NAME
+        self.volume_dir = volume_dir
+        self.volume = volume
+        self._scrub_lock = trio.Lock()
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.path.unlink(missing_ok=True)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd, addr = _address(self.volume_dir)
+        try:
+            await sock.bind(addr)
+        finally:
+            os.close(fd)
+        os.chmod(self.path, 0o600)
+        sock.listen(4)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._handle, [trio.SocketListener(sock)])
+        finally:
+            self.path.unlink(missing_ok=True)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                request = json.loads(await _read_line(stream))
+                if request.get("op") != "scrub":
+                    raise FusefsError(f"unknown request {request.get('op')!r}")
+                await self._scrub(stream, request)
+            except (FusefsError, ValueError) as e:
+                await _send(stream, {"error": str(e)})
+            except trio.BrokenResourceError:
+                log.info("control client went away")
+            except Exception as e:
+                log.exception("control request failed")
+                await _send(stream, {"error": f"internal error: {e}"})
+
+    async def _scrub(self, stream: trio.SocketStream, request: dict) -> None:
+        if self._scrub_lock.locked():
+            raise FusefsError("a scrub of this volume is already running")
+        async with self._scrub_lock:
+            pending: list[tuple[int, int, int]] = []
+
+            def progress(done: int, total: int, nbytes: int) -> None:
+                pending[:] = [(done, total, nbytes)]
+
+            scrubber = Scrubber(self.volume, repair=bool(request.get("repair", True)),
+                                rate=request.get("rate"), progress=progress)
+            async with trio.open_nursery() as nursery:
+                async def reporter() -> None:
+                    while True:
+                        await trio.sleep(_PROGRESS_INTERVAL)
+                        if pending:
+                            await _send(stream, {"progress": list(pending.pop())})
+
+                nursery.start_soon(reporter)
+                report = await scrubber.run()
+                nursery.cancel_scope.cancel()
+            await _send(stream, {"result": report.as_dict()})
+
+
+async def _read_line(stream: trio.SocketStream, limit: int = 1 << 16) -> str:
+    buf = b""
+    while b"\n" not in buf:
+        data = await stream.receive_some(4096)
+        if not data:
+            break
+        buf += data
+        if len(buf) > limit:
+            raise FusefsError("request too long")
+    return buf.split(b"\n", 1)[0].decode()
+
+
+async def _send(stream: trio.SocketStream, message: dict) -> None:
+    await stream.send_all(json.dumps(message).encode() + b"\n")
+
+
+def request(volume_dir: Path, message: dict) -> Iterator[dict]:
+    """Client side (blocking): send one request, yield the daemon's messages."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd, addr = _address(volume_dir)
+    try:
+        sock.connect(addr)
+    except OSError as e:
+        raise FusefsError(f"cannot reach the mount daemon of {volume_dir}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    with sock, sock.makefile("rb") as f:
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        for line in f:
+            yield json.loads(line)

@@ -1,0 +1,214 @@
+"""Scrub: verify every share of every chunk on every store, repair, and find orphans.
+
+Works the same inside the mount daemon (asked over the control socket, while training reads
+go on) and on an unmounted volume. Chunks are visited with a cursor in (inode, index) order,
+so files may change meanwhile; a heal re-checks that its chunk version is still current.
+Orphans are objects no chunk version refers to (left by a crash between storing shares and
+the commit, or planted); objects of writes in progress are never counted as orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from fusefs.errors import ChunkUnrecoverable, FusefsError, NoSuchObject, StoreError
+from fusefs.stores.base import MARKER
+from fusefs.volume import Volume
+
+log = logging.getLogger(__name__)
+
+_BATCH = 64
+
+
+@dataclass
+class StoreReport:
+    url: str
+    state: str = "ok"
+    shares_checked: int = 0
+    missing: int = 0
+    checksum_mismatch: int = 0
+    authentication_failure: int = 0
+    store_unreachable: int = 0
+    repaired: int = 0
+    queued: int = 0
+    orphans: int = 0
+    orphans_removed: int = 0
+
+
+@dataclass
+class ScrubReport:
+    chunks: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    stores: list[StoreReport] = field(default_factory=list)
+    damaged_files: dict[str, list[str]] = field(default_factory=dict)  # path -> problems
+    unrecoverable_files: list[str] = field(default_factory=list)
+    queued_repairs: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        """True when nothing is left to fix (after repair, if repairing)."""
+        return (not self.unrecoverable_files and not self.queued_repairs
+                and all(s.state == "ok" for s in self.stores)
+                and not any(_unfixed(s) for s in self.stores))
+
+    def as_dict(self) -> dict:
+        return {"healthy": self.healthy, "chunks": self.chunks, "bytes_read": self.bytes_read,
+                "seconds": round(self.seconds, 3),
+                "stores": [vars(s) for s in self.stores],
+                "damaged_files": self.damaged_files,
+                "unrecoverable_files": self.unrecoverable_files,
+                "queued_repairs": self.queued_repairs}
+
+
+def _unfixed(s: StoreReport) -> int:
+    found = s.missing + s.checksum_mismatch + s.authentication_failure + s.store_unreachable
+    return found - s.repaired + (s.orphans - s.orphans_removed)
+
+
+Progress = Callable[[int, int, int], None]  # (chunks done, chunks total, bytes read)
+
+
+class Scrubber:
+    def __init__(self, volume: Volume, *, repair: bool, rate: float | None = None,
+                 progress: Progress | None = None) -> None:
+        self.v = volume
+        self.repair = repair
+        self.rate = rate  # bytes per second read from the stores; None: unlimited
+        self.progress = progress or (lambda done, total, nbytes: None)
+        self.report = ScrubReport(stores=[StoreReport(s.url) for s in volume.stores])
+
+    async def run(self) -> ScrubReport:
+        start = time.monotonic()
+        await self._check_stores()
+        listings = await self._list_objects()
+        if self.repair:
+            await self.v.healer.process_queue()
+        await self._verify_chunks(start)
+        await self._orphans(listings)
+        self.report.queued_repairs = self.v.meta.repair_count()
+        self.report.seconds = time.monotonic() - start
+        return self.report
+
+    async def _check_stores(self) -> None:
+        """Claim an emptied or replaced store (empty directory at its URL) when repairing."""
+        for si, store in enumerate(self.v.stores):
+            rep = self.report.stores[si]
+            try:
+                await store.check(writable=self.repair)
+                marker = await store.read_marker()
+                if marker is None:
+                    if await store.list():
+                        rep.state = "holds objects but no fusefs marker"
+                    elif self.repair:
+                        await store.write_marker(self.v.config.volume_id)
+                        self.v.events.record("store_replaced", action="claimed",
+                                             store=store.url)
+                    else:
+                        rep.state = "emptied or replaced (no marker)"
+                elif marker.get("volume") != self.v.config.volume_id:
+                    rep.state = "belongs to another volume"
+            except FusefsError as e:
+                rep.state = f"unavailable: {e}"
+                self.v.mark_down(si, e if isinstance(e, StoreError) else StoreError(str(e)))
+                continue
+            self.v.mark_up(si)  # reachable now: let repairs go to it at once
+
+    async def _list_objects(self) -> list[set[str] | None]:
+        out: list[set[str] | None] = []
+        for si, store in enumerate(self.v.stores):
+            try:
+                out.append(set(await store.list()) if self.report.stores[si].state == "ok"
+                           else None)
+            except StoreError:
+                out.append(None)
+        return out
+
+    async def _verify_chunks(self, start: float) -> None:
+        v = self.v
+        total = v.meta.chunk_count()
+        cursor = (0, -1)
+        done = 0
+        paths: dict[int, str] = {}
+        while True:
+            batch = v.meta.chunks_after(*cursor, _BATCH)
+            if not batch:
+                break
+            for ino, file_id, row in batch:
+                cursor = (ino, row.idx)
+                if v.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
+                    continue  # rewritten since the batch was read
+                await self._verify_one(ino, file_id, row, paths)
+                done += 1
+                self.report.chunks = done
+                self.report.bytes_read += row.length * v.n // v.k
+                self.progress(done, max(total, done), self.report.bytes_read)
+                await self._throttle(start)
+
+    async def _verify_one(self, ino: int, file_id: bytes, row, paths: dict[int, str]) -> None:
+        v = self.v
+        path = paths.get(ino)
+        if path is None:
+            path = paths[ino] = v.events.resolve_path(ino) or f"<inode {ino}>"
+        try:
+            bad, actions = await v.healer.verify(ino, file_id, row, self.repair)
+        except ChunkUnrecoverable as e:
+            if path not in self.report.unrecoverable_files:
+                self.report.unrecoverable_files.append(path)
+            self.report.damaged_files.setdefault(path, []).append(str(e))
+            return
+        for i, why in bad.items():
+            rep = self.report.stores[row.placement[i]]
+            setattr(rep, why, getattr(rep, why) + 1)
+            action = actions.get(i, "reported")
+            if action in ("healed", "obsolete"):
+                rep.repaired += 1
+            elif action == "queued":
+                rep.queued += 1
+            if action != "healed":
+                self.report.damaged_files.setdefault(path, []).append(
+                    f"chunk {row.idx} share {i} on {rep.url}: {why} ({action})")
+        for i in range(v.n):
+            self.report.stores[row.placement[i]].shares_checked += 1
+
+    async def _throttle(self, start: float) -> None:
+        if not self.rate:
+            await trio.sleep(0)  # let readers in between chunks
+            return
+        ahead = self.report.bytes_read / self.rate - (time.monotonic() - start)
+        await trio.sleep(max(0.0, ahead))
+
+    async def _orphans(self, listings: list[set[str] | None]) -> None:
+        """Objects listed before the walk that no chunk version (current, garbage or being
+        written) refers to now."""
+        v = self.v
+        referenced: list[set[str]] = [set() for _ in v.stores]
+        for oid, where in v.meta.all_versions():
+            for i, si in enumerate(where):
+                referenced[si].add(v.keys.object_name(oid, i))
+        for oid in v.writing:
+            for i in range(v.n):
+                name = v.keys.object_name(oid, i)
+                for ref in referenced:
+                    ref.add(name)
+        for si, names in enumerate(listings):
+            if names is None:
+                continue
+            rep = self.report.stores[si]
+            for name in sorted(names - referenced[si] - {MARKER}):
+                rep.orphans += 1
+                action = "reported"
+                if self.repair:
+                    try:
+                        await v.stores[si].delete(name)
+                        rep.orphans_removed += 1
+                        action = "removed"
+                    except (StoreError, NoSuchObject) as e:
+                        log.warning("cannot remove orphan %s: %s", name, e)
+                v.events.record("unexpected_object", action=action, store=v.stores[si].url,
+                                obj=name)

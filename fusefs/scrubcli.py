@@ -1,0 +1,135 @@
+"""`fusefs scrub`: run a scrub in the mount daemon (mounted) or here (unmounted), show
+progress on a terminal, print the report. Exit 0 when healthy, 1 when damage remains."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import trio
+
+from fusefs.config import VolumeDir
+from fusefs.errors import ConfigError, FusefsError
+from fusefs.mounts import find_by_mountpoint, find_by_volume
+
+
+def scrub(args: argparse.Namespace) -> int:
+    vd = VolumeDir(args.target)
+    mounted = find_by_volume(vd.path) if vd.is_volume() else None
+    if not vd.is_volume():
+        entry = find_by_mountpoint(args.target)
+        if entry is None:
+            raise ConfigError(f"{args.target} is neither a fusefs volume nor a mounted "
+                              "fusefs volume")
+        vd, mounted = VolumeDir(entry.volume), entry
+    rate = args.rate * 1e6 if args.rate else None
+    if rate is not None and rate <= 0:
+        raise ConfigError("--rate must be positive")
+    bar = _ProgressBar(enabled=sys.stderr.isatty() and not args.json)
+    try:
+        if mounted is not None:
+            report = _scrub_mounted(vd, not args.no_repair, rate, bar)
+        else:
+            report = _scrub_offline(vd, args.key_file, not args.no_repair, rate, bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    return 0 if report["healthy"] else 1
+
+
+def _scrub_mounted(vd: VolumeDir, repair: bool, rate: float | None, bar) -> dict:
+    from fusefs.control import request
+
+    for msg in request(vd.path, {"op": "scrub", "repair": repair, "rate": rate}):
+        if "progress" in msg:
+            bar.update(*msg["progress"])
+        elif "error" in msg:
+            raise FusefsError(msg["error"])
+        elif "result" in msg:
+            return msg["result"]
+    raise FusefsError("the mount daemon closed the connection before the scrub finished")
+
+
+def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: float | None,
+                   bar) -> dict:
+    from fusefs.cli import setup_logging
+    from fusefs.events import EventLog
+    from fusefs.meta.repo import MetaRepo
+    from fusefs.mount import lock_volume, unlock_volume
+    from fusefs.scrub import Scrubber
+    from fusefs.stores.base import open_store
+    from fusefs.volume import Volume
+
+    cfg, keys = unlock_volume(vd, key_file)
+    setup_logging(vd.log, to_stderr=False)
+    lock_fd = lock_volume(vd)  # no mount may start while we repair
+    try:
+        meta = MetaRepo(vd.meta)
+        try:
+            volume = Volume(cfg, keys, [open_store(u) for u in cfg.stores], meta,
+                            EventLog(vd.path / "events.jsonl"))
+
+            async def run() -> dict:
+                report = await Scrubber(volume, repair=repair, rate=rate,
+                                        progress=bar.update).run()
+                if repair:
+                    await volume.make_durable()
+                return report.as_dict()
+
+            return trio.run(run)
+        finally:
+            meta.close()
+    finally:
+        os.close(lock_fd)
+
+
+class _ProgressBar:
+    """tqdm on a terminal; silent otherwise (scripts, CI, --json)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar = None
+        self.enabled = enabled
+
+    def update(self, done: int, total: int, nbytes: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="chunk", desc="scrub", file=sys.stderr)
+        self._bar.total = max(total, done)
+        self._bar.n = done
+        self._bar.set_postfix_str(f"{nbytes / 1e6:.0f} MB read", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _print_report(r: dict) -> None:
+    print(f"scrubbed {r['chunks']} chunks, {r['bytes_read'] / 1e6:.1f} MB in "
+          f"{r['seconds']:.1f} s")
+    for s in r["stores"]:
+        problems = (f"missing {s['missing']}, corrupt {s['checksum_mismatch']}, "
+                    f"forged {s['authentication_failure']}, "
+                    f"unreachable {s['store_unreachable']}")
+        print(f"  {s['url']}: {s['state']}; {s['shares_checked']} shares checked; {problems};"
+              f" repaired {s['repaired']}, queued {s['queued']};"
+              f" orphans {s['orphans']} (removed {s['orphans_removed']})")
+    for path, problems in sorted(r["damaged_files"].items()):
+        print(f"  damaged: {path}: {'; '.join(problems[:3])}"
+              + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+    if r["queued_repairs"]:
+        print(f"  {r['queued_repairs']} share repairs queued (a store is unavailable)")
+    if r["healthy"]:
+        print("healthy")
+    else:
+        n = len(r["unrecoverable_files"])
+        print("damage remains" + (f"; {n} files unrecoverable: "
+                                  + ", ".join(r["unrecoverable_files"][:10]) if n else ""))
