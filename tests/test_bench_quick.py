@@ -1,0 +1,59 @@
+"""scripts/bench --quick runs end to end at a tiny size: table printed, JSON written, exit 0.
+
+No figure is judged here (shared CI machines are noisy); this only keeps the benchmark working.
+It needs a real FUSE mount, so it carries the `mount` marker (skipped without /dev/fuse).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import fuse_mounts
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+ROWS = [
+    "1 sequential write",
+    "2 sequential cold read",
+    "3 random 128 KiB cold reads",
+    "4 small files: write",
+    "4 small files: cold read",
+    "5 metadata walk",
+    "6 sequential cold read, 1 store empty",
+    "7 daemon peak RSS",
+]
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    out_json = tmp_path / "bench.json"
+    env = dict(os.environ, FUSEFS_BENCH_SCALE="0.005")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--repeat", "1", "--no-peers",
+         "--dir", str(work), "--json", str(out_json)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100, env=env,
+    )
+    report = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    assert "Traceback" not in proc.stdout + proc.stderr, report
+    for row in ROWS:
+        assert row in proc.stdout, f"no table row {row!r}; {report}"
+    assert "fusefs/raw" in proc.stdout, report
+
+    doc = json.loads(out_json.read_text())
+    for key in ("write", "read", "random", "small_read", "walk_cold"):
+        assert doc["medians"][key]["raw"] > 0, key
+        assert doc["medians"][key]["fusefs"] > 0, key
+    assert doc["medians"]["degraded"]["fusefs"] > 0
+    assert doc["medians"]["rss"]["fusefs"] > 0
+
+    # It cleaned up after itself: no mount left, its temp dir is gone.
+    assert not [m for m in fuse_mounts() if m.startswith(str(tmp_path))]
+    assert list(work.iterdir()) == []
