@@ -89,7 +89,6 @@ class FileData:
         self.dirty: dict[int, bytearray] = {}
         self.inflight: dict[int, tuple[trio.Event, bytes]] = {}
         self.error: Exception | None = None  # a background write failed: report at flush
-        self.unsynced = False
         self._next_read = -1  # chunk a sequential reader will ask for next
 
     # -- reading -------------------------------------------------------------------------
@@ -222,7 +221,6 @@ class FileData:
                                                          prev)
             self.volume.commit_chunk(self.ino, row, missing, size=self.size)
             self.cache.put((self.ino, idx, row.oid), data)
-            self.unsynced = True
         except Exception as e:  # noqa: BLE001 - reported to the writer at flush/fsync
             log.error("writing chunk %d of inode %d failed: %s", idx, self.ino, e)
             self.error = e
@@ -235,8 +233,14 @@ class FileData:
         while self.inflight:
             await next(iter(self.inflight.values()))[0].wait()
 
-    async def flush(self) -> None:
-        """Seal every dirty chunk, commit size and mtime, and make it durable."""
+    async def flush(self, durable: bool = True) -> None:
+        """Seal every dirty chunk and commit it with size and mtime.
+
+        After this, the data survives a crash of the daemon (kill -9) and the loss of up to
+        M stores: every share is in its store and the metadata is committed. `durable` also
+        syncs the stores and the metadata journal (power loss), as fsync(2) must; close(2)
+        leaves that to the periodic durability pass (`Volume.DURABILITY_INTERVAL`).
+        """
         for idx in sorted(self.dirty):
             await self._start_flush(idx)
         await self.wait_inflight()
@@ -247,13 +251,10 @@ class FileData:
             self.meta.update_inode(self.ino, size=self.size, mtime_ns=self.mtime_ns,
                                    ctime_ns=self.ctime_ns or self.mtime_ns)
             self.mtime_ns = self.ctime_ns = None
-            self.unsynced = True
-        if self.unsynced:
-            self.unsynced = False
+        if durable:
             try:
                 await self.volume.make_durable()
             except StoreError as e:
-                self.unsynced = True
                 raise fs_error(e) from None
 
     # -- truncation ----------------------------------------------------------------------
@@ -284,4 +285,3 @@ class FileData:
         now = time.time_ns()
         self.meta.update_inode(self.ino, size=size, mtime_ns=now, ctime_ns=now)
         self.mtime_ns = self.ctime_ns = None if not self.dirty else now
-        self.unsynced = True

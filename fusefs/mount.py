@@ -163,6 +163,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
             fs.flusher.nursery = nursery
             volume.healer.nursery = nursery
             nursery.start_soon(volume.healer.run_worker)
+            nursery.start_soon(volume.run_durability)
             await nursery.start(ControlServer(vd.path, volume).serve)
             nursery.start_soon(_stop_on_signal, signalled)
             await pyfuse3.main()

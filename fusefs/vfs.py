@@ -167,7 +167,7 @@ class FileSystem:
         fd = self._file_data(row)
         try:
             await fd.truncate(size)
-            await fd.flush()
+            await fd.flush(durable=False)
         finally:
             self._drop_file_data(fd)
 
@@ -408,18 +408,20 @@ class FileSystem:
         return await h.data.write(off, data)
 
     async def flush(self, fh: int) -> None:
-        """close(2): everything written through this file is durable when this returns."""
-        await self._handle(fh).data.flush()
+        """close(2): everything written is stored and committed (survives kill -9 and the
+        loss of M stores); power-loss durability follows within DURABILITY_INTERVAL."""
+        await self._handle(fh).data.flush(durable=False)
 
     async def fsync(self, fh: int) -> None:
-        await self._handle(fh).data.flush()
+        """fsync(2): also synced to stable storage in every store and the metadata."""
+        await self._handle(fh).data.flush(durable=True)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
         if h is None:
             return
         try:
-            await h.data.flush()
+            await h.data.flush(durable=False)
         finally:
             self._drop_file_data(h.data)
 

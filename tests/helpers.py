@@ -554,3 +554,125 @@ def copy_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, symlinks=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Share objects, events and scrub reports (self-healing tests)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShareLoc:
+    """One share object of the current version of one chunk, found through VOLUME/meta.db."""
+
+    path: str  # the file's path in the volume, as events name it: "/dir/name"
+    inode: int
+    chunk: int  # chunk index in the file
+    share: int  # share number: 0..K-1 data shares (what a healthy read fetches), then parity
+    store: int  # index of the store holding it (placement byte)
+    name: str  # object name
+    file: Path  # STORE/objects/<name[:2]>/<name>
+    digest: bytes  # the share's recorded xxh3-128
+
+
+def _volume_id(vol: Volume) -> str:
+    import tomllib
+
+    return tomllib.loads((vol.path / "fusefs.toml").read_text())["volume_id"]
+
+
+def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
+    """File path -> its chunks in index order -> their shares in share order.
+
+    The one helper that imports fusefs: object names are keyed (BLAKE2b with a key derived
+    from the master key), so finding the objects of a file needs the key derivation. Reads
+    meta.db read-only; safe while mounted, but a daemon's uncommitted changes are not seen.
+    """
+    import sqlite3
+
+    from fusefs.codec.keys import VolumeKeys, load_key_file
+
+    keys = VolumeKeys(load_key_file(vol.key), bytes.fromhex(_volume_id(vol)))
+    db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
+    try:
+        parents = {ino: (parent, os.fsdecode(name)) for parent, name, ino in
+                   db.execute("SELECT parent, name, inode FROM dentries")}
+        rows = db.execute("SELECT inode, idx, oid, placement, digests FROM chunks"
+                          " ORDER BY inode, idx").fetchall()
+    finally:
+        db.close()
+
+    def path_of(ino: int) -> str:
+        parts = []
+        while ino != 1:
+            ino, name = parents[ino]
+            parts.append(name)
+        return "/" + "/".join(reversed(parts))
+
+    out: dict[str, list[list[ShareLoc]]] = {}
+    for ino, idx, oid, placement, digests in rows:
+        if ino not in parents:
+            continue  # unlinked, not yet collected
+        shares = []
+        for i, si in enumerate(placement):
+            name = keys.object_name(oid, i)
+            shares.append(ShareLoc(path_of(ino), ino, idx, i, si, name,
+                                   vol.stores[si] / "objects" / name[:2] / name,
+                                   bytes(digests[16 * i : 16 * i + 16])))
+        out.setdefault(shares[0].path, []).append(shares)
+    return out
+
+
+def forge_digest(vol: Volume, loc: ShareLoc, data: bytes) -> None:
+    """Write DATA as LOC's object AND record its xxh3-128 as the share's checksum in meta.db
+    (a forged checksum). Only while the volume is NOT mounted."""
+    import sqlite3
+
+    import xxhash
+
+    loc.file.write_bytes(data)
+    db = sqlite3.connect(vol.path / "meta.db")
+    try:
+        with db:
+            (digests,) = db.execute("SELECT digests FROM chunks WHERE inode=? AND idx=?",
+                                    (loc.inode, loc.chunk)).fetchone()
+            digests = bytearray(digests)
+            digests[16 * loc.share : 16 * loc.share + 16] = xxhash.xxh3_128_digest(data)
+            db.execute("UPDATE chunks SET digests=? WHERE inode=? AND idx=?",
+                       (bytes(digests), loc.inode, loc.chunk))
+    finally:
+        db.close()
+
+
+def read_events(vol: Volume) -> list[dict]:
+    """Every event of VOLUME/events.jsonl (none when the log does not exist)."""
+    try:
+        text = (vol.path / "events.jsonl").read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+SCRUB_KEYS = {"healthy", "chunks", "bytes_read", "seconds", "stores", "damaged_files",
+              "unrecoverable_files", "queued_repairs"}
+SCRUB_STORE_KEYS = {"url", "state", "shares_checked", "missing", "checksum_mismatch",
+                    "authentication_failure", "store_unreachable", "repaired", "queued",
+                    "orphans", "orphans_removed"}
+
+
+def scrub_json(target: Path | str, *args: object, timeout: float = CLI_TIMEOUT
+               ) -> tuple[Result, dict]:
+    """`fusefs scrub TARGET --json ARGS`: the result and its parsed report (shape checked);
+    the exit status must agree with the report's `healthy`."""
+    res = run_fusefs("scrub", target, "--json", *args, timeout=timeout)
+    assert res.returncode in (0, 1), res.describe()
+    assert "Traceback" not in res.stderr + res.stdout, res.describe()
+    try:
+        report = json.loads(res.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError("scrub --json printed no JSON object; " + res.describe()) from exc
+    assert set(report) == SCRUB_KEYS, f"scrub --json keys: {sorted(report)}"
+    for s in report["stores"]:
+        assert set(s) == SCRUB_STORE_KEYS, f"scrub --json store keys: {sorted(s)}"
+    assert res.returncode == (0 if report["healthy"] else 1), res.describe()
+    return res, report

@@ -115,6 +115,10 @@ class MetaRepo:
         finally:
             self._depth = 0
 
+    def total_changes(self) -> int:
+        """Rows changed through this connection so far (cheap "anything new?" test)."""
+        return self.db.total_changes
+
     def fsync_wal(self) -> int:
         """fsync the WAL so every commit so far survives power loss; return its size.
 

@@ -28,6 +28,7 @@ class Store(ABC):
     # Stores whose reads are cheap blocking calls (local disks) also offer them as a plain
     # function, so the volume can read and verify a whole chunk in one worker-thread hop.
     get_blocking: Callable[[str], bytes] | None = None
+    put_blocking: Callable[[str, bytes | memoryview], None] | None = None
 
     @abstractmethod
     async def get(self, name: str) -> bytes:
