@@ -37,6 +37,8 @@ _FAST_WRITE_LIMITER = trio.CapacityLimiter(4)  # whole-chunk seal + writes to lo
 DURABILITY_INTERVAL = 5.0  # seconds: like ext4's commit interval, the power-loss window
 STORE_RETRY_SECONDS = 15.0  # a failed store is skipped this long before it is tried again
 READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
+HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another store too
+FAST_PATH_TIMEOUT = 2.0  # the one-hop local read gives up and the hedged path takes over
 
 # Problems a share can have; these strings are event kinds (see events.py).
 MISSING, CHECKSUM, AUTH, UNREACHABLE = (
@@ -192,7 +194,7 @@ class Volume:
         if self._fast_reads and not any(self._down_until.get(row.placement[i])
                                         for i in range(self.k)):
             try:
-                with trio.fail_after(READ_TIMEOUT):
+                with trio.fail_after(FAST_PATH_TIMEOUT):
                     return await trio.to_thread.run_sync(
                         self._read_healthy, file_id, row, limiter=_FAST_READ_LIMITER,
                         abandon_on_cancel=True)
@@ -205,33 +207,79 @@ class Volume:
             await self.healer.heal_later(ino, row, good, bad)
         return plain
 
+    async def _fetch_one(self, row: ChunkRow, i: int, good: dict[int, bytes],
+                         bad: dict[int, str]) -> None:
+        """Fetch share i and sort it into good (checksum ok) or bad (why)."""
+        si = row.placement[i]
+        if self.store_down(si):
+            bad[i] = UNREACHABLE
+            return
+        try:
+            with trio.fail_after(READ_TIMEOUT):
+                data = await self.stores[si].get(self.keys.object_name(row.oid, i))
+        except NoSuchObject:
+            bad[i] = MISSING
+            return
+        except (StoreError, trio.TooSlowError) as e:
+            bad[i] = UNREACHABLE
+            self.mark_down(si, e if isinstance(e, StoreError) else StoreError(
+                f"store {self.stores[si].url} did not answer within {READ_TIMEOUT} s"))
+            return
+        if digest(data) != row.share_digest(i):
+            bad[i] = CHECKSUM
+            return
+        good[i] = data
+
     async def fetch(self, row: ChunkRow, shares: Iterable[int], good: dict[int, bytes],
                     bad: dict[int, str]) -> None:
-        """Fetch shares in parallel; sort them into good (checksum ok) and bad (why)."""
-
-        async def one(i: int) -> None:
-            si = row.placement[i]
-            if self.store_down(si):
-                bad[i] = UNREACHABLE
-                return
-            try:
-                with trio.fail_after(READ_TIMEOUT):
-                    data = await self.stores[si].get(self.keys.object_name(row.oid, i))
-            except NoSuchObject:
-                bad[i] = MISSING
-                return
-            except (StoreError, trio.TooSlowError) as e:
-                bad[i] = UNREACHABLE
-                self.mark_down(si, e if isinstance(e, StoreError) else StoreError("timeout"))
-                return
-            if digest(data) != row.share_digest(i):
-                bad[i] = CHECKSUM
-                return
-            good[i] = data
-
+        """Fetch all the given shares in parallel (scrub wants every one)."""
         async with trio.open_nursery() as nursery:
             for i in shares:
+                nursery.start_soon(self._fetch_one, row, i, good, bad)
+
+    async def fetch_hedged(self, row: ChunkRow, candidates: list[int], good: dict[int, bytes],
+                           bad: dict[int, str], need: int) -> None:
+        """Fetch until `need` more shares are good, trying `candidates` in order.
+
+        Starts `need` fetches; a failure starts the next candidate at once, and so does a
+        wait longer than HEDGE_DELAY, so one slow store does not set the read latency. Fetches
+        still running when enough shares are in are abandoned, and a store that kept one
+        waiting longer than HEDGE_DELAY is bypassed for a while.
+        """
+        pending = list(candidates)
+        target = len(good) + need
+        started: dict[int, float] = {}
+        send, recv = trio.open_memory_channel[int](len(pending))
+
+        async def one(i: int) -> None:
+            try:
+                await self._fetch_one(row, i, good, bad)
+            finally:
+                send.send_nowait(i)
+
+        async with trio.open_nursery() as nursery:
+            def launch() -> None:
+                i = pending.pop(0)
+                started[i] = trio.current_time()
                 nursery.start_soon(one, i)
+
+            for _ in range(min(need, len(pending))):
+                launch()
+            while len(good) < target and started:
+                with trio.move_on_after(HEDGE_DELAY) as waited:
+                    i = await recv.receive()
+                    del started[i]
+                    if i in bad and pending:
+                        launch()
+                if waited.cancelled_caught and pending:
+                    launch()
+            now = trio.current_time()
+            for i, t0 in started.items():
+                if now - t0 >= HEDGE_DELAY:
+                    si = row.placement[i]
+                    self.mark_down(si, StoreError(f"store {self.stores[si].url} is slow "
+                                                  f"(no answer in {HEDGE_DELAY} s)"))
+            nursery.cancel_scope.cancel()
 
     async def gather(self, ino: int, file_id: bytes, row: ChunkRow, good: dict[int, bytes],
                      bad: dict[int, str], want_all: bool) -> tuple[bytes, list[int]]:
@@ -241,25 +289,22 @@ class Volume:
         ChunkUnrecoverable (after recording events) when no k good shares authenticate.
         """
         order = list(range(self.n))  # data shares first: a healthy read needs no decoding
-        tried = self.n if want_all else 0
         if want_all:
             await self.fetch(row, order, good, bad)
+        else:
+            await self.fetch_hedged(row, order, good, bad, self.k)
         cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
         aead = self.keys.file_aead(file_id)
         while True:
-            while len(good) < self.k and tried < self.n:
-                batch = order[tried : tried + self.k - len(good)]
-                tried += len(batch)
-                await self.fetch(row, batch, good, bad)
             if len(good) < self.k:
                 self._unrecoverable(ino, row, bad)
             try:
                 plain, forged = await run_cpu(row.length, chunkcodec.open_, aead, cid, row.oid,
                                               row.length, dict(good), self.k, self.m)
             except chunkcodec.AuthenticationFailed:
-                if tried < self.n:  # more shares might outvote the forged ones
-                    batch, tried = order[tried:], self.n
-                    await self.fetch(row, batch, good, bad)
+                rest = [i for i in order if i not in good and i not in bad]
+                if rest:  # more shares might outvote the forged ones
+                    await self.fetch(row, rest, good, bad)
                     continue
                 for i in good:
                     bad[i] = AUTH

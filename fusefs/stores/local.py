@@ -149,7 +149,10 @@ class LocalStore(Store):
 
     # -- the async contract ------------------------------------------------------------
     async def get(self, name: str) -> bytes:
-        return await self._run(self._get_sync, name)
+        # A read has no side effects: a caller that stops waiting (a hung disk) may leave
+        # the thread behind instead of hanging with it.
+        return await trio.to_thread.run_sync(self._get_sync, name, limiter=self._limiter,
+                                             abandon_on_cancel=True)
 
     async def put(self, name: str, data: bytes | memoryview) -> None:
         await self._run(self._put_sync, name, data)

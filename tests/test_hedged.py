@@ -1,0 +1,114 @@
+"""Slow and failing stores: reads ask other stores instead of waiting, writes keep going
+while the write quorum holds, and the missing shares are queued for repair.
+
+A store that hangs cannot be produced with a real directory here, so `StallingStore` wraps
+a real LocalStore and stalls its reads; everything else is the real volume over real files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from fusefs.codec.keys import VolumeKeys
+from fusefs.config import MIN_CHUNK, VolumeConfig
+from fusefs.errors import StoreError
+from fusefs.events import EventLog, read_events
+from fusefs.meta.repo import MetaRepo
+from fusefs.stores.local import LocalStore
+from fusefs.volume import HEDGE_DELAY, Volume
+
+K, M, N = 3, 2, 5
+
+
+class StallingStore(LocalStore):
+    """A LocalStore whose reads hang while `stalled` is set (a hung NFS mount, a stuck
+    bucket). No blocking fast path, as for a remote store."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.get_blocking = None
+        self.put_blocking = None
+        self.stalled = False
+
+    async def get(self, name: str) -> bytes:
+        if self.stalled:
+            await trio.sleep_forever()
+        return await super().get(name)
+
+
+@pytest.fixture
+def vol(tmp_path: Path):
+    dirs = [tmp_path / f"s{i}" for i in range(N)]
+    for d in dirs:
+        d.mkdir()
+    stores = [StallingStore(str(d)) for d in dirs]
+    vid = os.urandom(16)
+    keys = VolumeKeys(os.urandom(32), vid)
+    cfg = VolumeConfig(vid.hex(), K, M, MIN_CHUNK, [s.url for s in stores], keys.check_value)
+    meta = MetaRepo(tmp_path / "meta.db", create=True)
+    with meta.transaction():
+        meta.create_inode(os.urandom(16), stat.S_IFDIR | 0o755, 0, 0, 2, time.time_ns())
+        f = meta.create_inode(os.urandom(16), stat.S_IFREG | 0o644, 0, 0, 1, time.time_ns())
+    volume = Volume(cfg, keys, stores, meta, EventLog(tmp_path / "events.jsonl"))
+    yield volume, f, dirs
+    meta.close()
+
+
+def test_a_stalled_store_does_not_set_read_latency(vol) -> None:
+    volume, f, _ = vol
+    data = os.urandom(50_000)
+
+    async def main() -> None:
+        row, missing = await volume.write_chunk(f.id, f.file_id, 0, data, 0)
+        volume.commit_chunk(f.id, row, missing)
+        volume.stores[row.placement[0]].stalled = True  # a data share's store hangs
+        t0 = trio.current_time()
+        got = await volume.read_chunk(f.id, f.file_id, row)
+        took = trio.current_time() - t0
+        assert got == data
+        assert took < HEDGE_DELAY + 2.0, f"read waited {took:.1f} s for a hung store"
+        assert volume.store_down(row.placement[0]), "the slow store is not bypassed"
+        # the next read does not wait at all: the bypassed store is skipped
+        t0 = trio.current_time()
+        assert await volume.read_chunk(f.id, f.file_id, row) == data
+        assert trio.current_time() - t0 < HEDGE_DELAY / 2
+
+    trio.run(main)
+    kinds = {(e["kind"], e["action"]) for e in read_events(volume.events.path)}
+    assert ("store_unreachable", "bypassed") in kinds
+
+
+def test_writes_continue_at_quorum_and_queue_the_missing_share(vol) -> None:
+    volume, f, dirs = vol
+    data = os.urandom(40_000)
+
+    async def main() -> None:
+        shutil.rmtree(dirs[1])  # one store gone: 4 of 5 still take shares (quorum k+1 = 4)
+        row, missing = await volume.write_chunk(f.id, f.file_id, 0, data, 0)
+        volume.commit_chunk(f.id, row, missing)
+        assert [row.placement[i] for i in missing] == [1]
+        assert volume.meta.repair_count() == 1
+        assert await volume.read_chunk(f.id, f.file_id, row) == data
+        shutil.rmtree(dirs[2])  # a second store gone: below quorum, the write fails
+        with pytest.raises(StoreError, match="write quorum"):
+            await volume.write_chunk(f.id, f.file_id, 1, data, 0)
+        # the stores come back (empty): the queued repair writes the missing share
+        dirs[1].mkdir()
+        dirs[2].mkdir()
+        volume.mark_up(1)
+        volume.mark_up(2)
+        repaired, left = await volume.healer.process_queue()
+        # the queued share, and the share of store 2 that went with its directory
+        assert (repaired, left) == (2, 0)
+        for i in range(N):
+            name = volume.keys.object_name(row.oid, i)
+            assert (dirs[row.placement[i]] / "objects" / name[:2] / name).is_file()
+
+    trio.run(main)
