@@ -23,7 +23,7 @@ from fusefs.codec import chunk as chunkcodec
 from fusefs.codec.checksum import digest
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
-from fusefs.errors import ChunkUnrecoverable, NoSuchObject, StoreError
+from fusefs.errors import ChunkUnrecoverable, NoSuchObject, StoreError, StoreFull
 from fusefs.events import EventLog
 from fusefs.heal import Healer
 from fusefs.meta.repo import ChunkRow, MetaRepo
@@ -65,6 +65,7 @@ class Volume:
         self._fast_reads = all(s.get_blocking is not None for s in stores)
         self._fast_writes = all(s.put_blocking is not None for s in stores)
         self._down_until: dict[int, float] = {}  # store index -> monotonic retry time
+        self._full_until: dict[int, float] = {}  # stores that refused a write for space
         self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
         self._durable_changes = -1  # meta.total_changes at the last durable point
         events.resolve_path = meta.path_of
@@ -81,13 +82,28 @@ class Volume:
             return False
         return True
 
+    def store_full(self, si: int) -> bool:
+        """A full store still serves reads and deletes; writes skip it for a while."""
+        until = self._full_until.get(si)
+        if until is not None and time.monotonic() >= until:
+            del self._full_until[si]
+            return False
+        return until is not None
+
     def mark_down(self, si: int, error: Exception) -> None:
+        if isinstance(error, StoreFull):
+            if si not in self._full_until:
+                self.events.record("store_full", action="writes bypass it",
+                                   store=self.stores[si].url, detail=str(error))
+            self._full_until[si] = time.monotonic() + STORE_RETRY_SECONDS
+            return
         if si not in self._down_until:
             self.events.record(UNREACHABLE, action="bypassed", store=self.stores[si].url,
                                detail=str(error))
         self._down_until[si] = time.monotonic() + STORE_RETRY_SECONDS
 
     def mark_up(self, si: int) -> None:
+        self._full_until.pop(si, None)
         if self._down_until.pop(si, None) is not None:
             log.info("store %s is reachable again", self.stores[si].url)
 
@@ -110,7 +126,8 @@ class Volume:
         aead = self.keys.file_aead(file_id)
         where = placement.place(oid, self.n, len(self.stores))
         self.writing.add(oid)
-        if self._fast_writes and not any(self._down_until.get(si) for si in where):
+        if self._fast_writes and not any(self._down_until.get(si) or self._full_until.get(si)
+                                         for si in where):
             try:
                 digests, failed = await trio.to_thread.run_sync(
                     self._seal_and_put, aead, cid, oid, plain, where,
@@ -125,7 +142,8 @@ class Volume:
         if self.n - len(failed) < self.quorum:
             self.writing.discard(oid)
             await self.delete_shares(oid, where, skip=failed)
-            first = next(iter(failed.values()))
+            first = next((e for e in failed.values() if isinstance(e, StoreFull)),
+                         next(iter(failed.values())))  # "no space" tells the user most
             raise type(first)(f"only {self.n - len(failed)} of {self.n} stores took a share "
                               f"(write quorum {self.quorum}): {first}")
         return ChunkRow(idx, version, oid, len(plain), where, b"".join(digests)), sorted(failed)
@@ -157,6 +175,9 @@ class Volume:
 
         async def put(i: int) -> None:
             si = where[i]
+            if self.store_full(si):
+                failed[i] = StoreFull(f"store {self.stores[si].url} is full")
+                return
             if self.store_down(si):
                 failed[i] = StoreError(f"store {self.stores[si].url} is unavailable")
                 return
@@ -359,6 +380,7 @@ class Volume:
                 return
             try:
                 await self.stores[where[i]].delete(self.keys.object_name(oid, i))
+                self._full_until.pop(where[i], None)  # space was freed: try writing again
             except StoreError as e:
                 log.warning("%s", e)
                 self.mark_down(where[i], e)
