@@ -73,6 +73,27 @@ async def check_stores(cfg: VolumeConfig, stores: list[Store], writable: bool) -
                              f"({marker.get('volume', 'unknown')})")
 
 
+READAHEAD_KIB = 4096  # kernel readahead for the mount: 1 MiB read requests, 4 in flight
+
+
+def tune_readahead(mp: Path, kib: int) -> None:
+    """Raise the kernel's readahead for this mount (default 128 KiB): sequential readers then
+    send 1 MiB requests, an eighth of the FUSE round trips. Root only; best effort.
+
+    The device number comes from /proc/self/mountinfo: a stat() of the mountpoint would ask
+    this very daemon, which is not serving yet.
+    """
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == str(mp):
+                Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{kib}\n")
+                log.info("readahead of %s set to %d KiB", mp, kib)
+                return
+    except OSError as e:
+        log.info("cannot raise readahead of %s: %s", mp, e)
+
+
 def check_mountpoint(mountpoint: str) -> Path:
     mp = Path(mountpoint).absolute()
     if not mp.exists():
@@ -155,6 +176,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         ready(msg)
         raise FusefsError(msg) from None
     log.info("mounted volume %s on %s", vd.path, mp)
+    tune_readahead(mp, READAHEAD_KIB)
     ready(None)
     unmount = True
     signalled: list[int] = []
