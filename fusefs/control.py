@@ -58,19 +58,25 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                request = json.loads(await _read_line(stream))
-                if request.get("op") != "scrub":
-                    raise FusefsError(f"unknown request {request.get('op')!r}")
-                await self._scrub(stream, request)
-            except (FusefsError, ValueError) as e:
-                await _send(stream, {"error": str(e)})
-            except trio.BrokenResourceError:
-                log.info("control client went away")
-            except Exception as e:
-                log.exception("control request failed")
-                await _send(stream, {"error": f"internal error: {e}"})
+        """Serve one client. Never raises: an error here would stop the whole mount."""
+        try:
+            async with stream:
+                try:
+                    request = json.loads(await _read_line(stream))
+                    if request.get("op") != "scrub":
+                        raise FusefsError(f"unknown request {request.get('op')!r}")
+                    await self._scrub(stream, request)
+                except (FusefsError, ValueError) as e:
+                    await _send(stream, {"error": str(e)})
+                except Exception as e:
+                    if _client_gone(e):
+                        log.info("control client went away")
+                        return
+                    log.exception("control request failed")
+                    await _send(stream, {"error": f"internal error: {e}"})
+        except Exception as e:
+            if not _client_gone(e):
+                log.exception("control connection failed")
 
     async def _scrub(self, stream: trio.SocketStream, request: dict) -> None:
         if self._scrub_lock.locked():
@@ -94,6 +100,14 @@ class ControlServer:
                 report = await scrubber.run()
                 nursery.cancel_scope.cancel()
             await _send(stream, {"result": report.as_dict()})
+
+
+def _client_gone(e: BaseException) -> bool:
+    """True for errors that only mean the client closed its end (maybe inside a group)."""
+    if isinstance(e, BaseExceptionGroup):
+        return all(_client_gone(x) for x in e.exceptions)
+    return isinstance(e, trio.BrokenResourceError | trio.ClosedResourceError
+                      | BrokenPipeError | ConnectionResetError)
 
 
 async def _read_line(stream: trio.SocketStream, limit: int = 1 << 16) -> str:

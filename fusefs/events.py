@@ -1,8 +1,15 @@
 """Tamper evidence: every detected problem becomes one JSON line in VOLUME/events.jsonl.
 
-An event says when, what kind (missing, checksum mismatch, authentication failure,
-store unreachable, unrecoverable, ...), which store and object, which file and chunk, and
-what was done about it (healed, queued, unrecoverable). `fusefs status` summarises them.
+An event says when, what kind, which store and object, which file and chunk, and what was
+done about it. `fusefs status` summarises them; the vocabulary is stable for scripts:
+
+kind:   missing, checksum_mismatch, authentication_failure (a forged or misplaced share),
+        store_unreachable, store_full, unexpected_object (an orphan in a store),
+        store_replaced (an emptied store was claimed again)
+action: healed, queued (for the repair queue), unrecoverable (fewer than K good shares: the
+        read failed with EIO), reported (scrub --no-repair), removed (orphan deleted),
+        bypassed (a store skipped for a while), claimed, obsolete (the chunk was rewritten
+        before the heal)
 """
 
 from __future__ import annotations

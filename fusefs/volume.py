@@ -93,7 +93,7 @@ class Volume:
     def mark_down(self, si: int, error: Exception) -> None:
         if isinstance(error, StoreFull):
             if si not in self._full_until:
-                self.events.record("store_full", action="writes bypass it",
+                self.events.record("store_full", action="bypassed",
                                    store=self.stores[si].url, detail=str(error))
             self._full_until[si] = time.monotonic() + STORE_RETRY_SECONDS
             return
@@ -112,7 +112,7 @@ class Volume:
 
     # -- write ---------------------------------------------------------------------------
     async def write_chunk(self, ino: int, file_id: bytes, idx: int, plain: bytes,
-                          prev_version: int) -> tuple[ChunkRow, list[int]]:
+                          prev_version: int) -> tuple[ChunkRow, dict[int, str]]:
         """Seal `plain` as a new version of chunk `idx` and store its shares.
 
         Returns the row to commit and the shares that could not be stored (at most
@@ -146,7 +146,9 @@ class Volume:
                          next(iter(failed.values())))  # "no space" tells the user most
             raise type(first)(f"only {self.n - len(failed)} of {self.n} stores took a share "
                               f"(write quorum {self.quorum}): {first}")
-        return ChunkRow(idx, version, oid, len(plain), where, b"".join(digests)), sorted(failed)
+        missing = {i: "store_full" if isinstance(e, StoreFull) else UNREACHABLE
+                   for i, e in sorted(failed.items())}
+        return ChunkRow(idx, version, oid, len(plain), where, b"".join(digests)), missing
 
     def _seal_and_put(self, aead, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes,
                       where: bytes) -> tuple[list[bytes], dict[int, StoreError]]:
@@ -196,15 +198,20 @@ class Volume:
             raise
         return digests, failed
 
-    def commit_chunk(self, ino: int, row: ChunkRow, missing: Iterable[int],
+    def commit_chunk(self, ino: int, row: ChunkRow, missing: dict[int, str],
                      size: int | None = None) -> None:
-        """Commit a written chunk version with its pending share repairs, atomically."""
+        """Commit a written chunk version with its pending share repairs, atomically, and
+        record each share that could not be stored (share -> event kind)."""
         with self.meta.transaction():
             self.meta.put_chunk(ino, row, size=size)
             now = time.time_ns()
-            for i in missing:
-                self.meta.queue_repair(row.oid, i, ino, row.idx, MISSING, now)
+            for i, kind in missing.items():
+                self.meta.queue_repair(row.oid, i, ino, row.idx, kind, now)
         self.writing.discard(row.oid)
+        for i, kind in missing.items():
+            self.events.record(kind, action="queued", store=self.stores[row.placement[i]].url,
+                               obj=self.keys.object_name(row.oid, i), inode=ino,
+                               chunk=row.idx)
 
     # -- read ----------------------------------------------------------------------------
     async def read_chunk(self, ino: int, file_id: bytes, row: ChunkRow) -> bytes:

@@ -672,7 +672,95 @@ def scrub_json(target: Path | str, *args: object, timeout: float = CLI_TIMEOUT
     except json.JSONDecodeError as exc:
         raise AssertionError("scrub --json printed no JSON object; " + res.describe()) from exc
     assert set(report) == SCRUB_KEYS, f"scrub --json keys: {sorted(report)}"
+    assert isinstance(report["healthy"], bool)
+    assert isinstance(report["seconds"], int | float) and report["seconds"] >= 0
+    for key in ("chunks", "bytes_read", "queued_repairs"):
+        assert isinstance(report[key], int) and report[key] >= 0, (key, report[key])
+    assert isinstance(report["damaged_files"], dict)
+    for path, problems in report["damaged_files"].items():
+        assert path.startswith(("/", "<inode ")), path  # "<inode N>": unlinked meanwhile
+        assert isinstance(problems, list) and problems, (path, problems)
+        assert all(isinstance(p, str) and p for p in problems), problems
+    assert isinstance(report["unrecoverable_files"], list)
+    assert all(p.startswith(("/", "<inode ")) for p in report["unrecoverable_files"])
+    assert isinstance(report["stores"], list) and report["stores"]
     for s in report["stores"]:
         assert set(s) == SCRUB_STORE_KEYS, f"scrub --json store keys: {sorted(s)}"
+        assert isinstance(s["url"], str) and isinstance(s["state"], str)
+        for key in SCRUB_STORE_KEYS - {"url", "state"}:
+            assert isinstance(s[key], int) and s[key] >= 0, (key, s)
     assert res.returncode == (0 if report["healthy"] else 1), res.describe()
     return res, report
+
+
+class Streamer:
+    """A thread reading files in a loop, training-style (sequentially, past the page cache),
+    checking every byte. Failures are collected, not raised: `stop()` returns them."""
+
+    def __init__(self, files: dict[Path, bytes], block: int = 256 * KiB) -> None:
+        self.files = dict(files)
+        self.block = block
+        self.passes = 0  # completed passes over all files
+        self.bytes = 0  # bytes read and checked
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
+
+    def start(self) -> Streamer:
+        self._thread.start()
+        return self
+
+    def _read_one(self, path: Path, data: bytes) -> None:
+        drop_cache(path)
+        pos = 0
+        with open(path, "rb", buffering=0) as f:
+            while True:
+                buf = f.read(self.block)
+                if not buf:
+                    break
+                if buf != data[pos : pos + len(buf)]:
+                    self.errors.append(f"{path}: WRONG BYTES in [{pos}, {pos + len(buf)})")
+                    return
+                pos += len(buf)
+                self.bytes += len(buf)
+        if pos != len(data):
+            self.errors.append(f"{path}: read {pos} bytes, expected {len(data)}")
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.errors) < 20:
+            for path, data in self.files.items():
+                if self._stop.is_set():
+                    return
+                try:
+                    self._read_one(path, data)
+                except OSError as exc:
+                    self.errors.append(f"{path}: {exc!r}")
+            self.passes += 1
+
+    def wait_passes(self, n: int, timeout: float = 60) -> None:
+        """Wait until N passes are complete (asserts; stops early on a failed read)."""
+        wait_until(lambda: self.passes >= n or self.errors or not self._thread.is_alive(),
+                   timeout)
+        assert not self.errors, f"streaming reads failed: {self.errors[:5]}"
+        assert self.passes >= n, f"only {self.passes} of {n} passes done in {timeout} s"
+
+    def stop(self, timeout: float = 60) -> list[str]:
+        """Stop after the current file; return the failures seen."""
+        self._stop.set()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the streaming reader is stuck ({timeout} s)"
+        return self.errors
+
+
+# The actions an event may name (a closed vocabulary: `status --json` counts them for scripts).
+EVENT_ACTIONS = {"healed", "queued", "unrecoverable", "reported", "removed", "bypassed",
+                 "claimed", "obsolete"}
+
+
+def assert_event_vocabulary(events: list[dict]) -> None:
+    """Every event has the documented fields, a snake_case kind and a documented action."""
+    for e in events:
+        assert {"time", "kind", "store", "object", "action"} <= set(e), f"event fields: {e}"
+        assert re.fullmatch(r"[a-z_]+", str(e["kind"])), f"event kind is not an identifier: {e}"
+        assert e["action"] in EVENT_ACTIONS, (
+            f"event action {e['action']!r} is not one of {sorted(EVENT_ACTIONS)}: {e}")
