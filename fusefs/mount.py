@@ -22,6 +22,7 @@ from fusefs.config import VolumeConfig, VolumeDir
 from fusefs.errors import ConfigError, FusefsError, KeyFileError, StoreError
 from fusefs.events import EventLog
 from fusefs.meta.repo import MetaRepo
+from fusefs.ownership import ownership_problem
 from fusefs.stores.base import Store, open_store
 from fusefs.vfs import FileSystem
 from fusefs.volume import Volume
@@ -53,24 +54,16 @@ def unlock_volume(vd: VolumeDir, key_file: str | None) -> tuple[VolumeConfig, Vo
     return cfg, keys
 
 
-async def check_stores(cfg: VolumeConfig, stores: list[Store], writable: bool) -> None:
-    """Every store must be reachable and belong to this volume.
-
-    A store whose marker is gone but which holds no objects was emptied or replaced: it is
-    claimed again (its shares are rebuilt by reads and scrub) and the event recorded.
-    """
-    for store in stores:
+async def check_stores(cfg: VolumeConfig, keys: VolumeKeys, stores: list[Store],
+                       meta: MetaRepo, writable: bool) -> None:
+    """Every store must be reachable and belong to this volume (see `ownership`): an
+    emptied or replaced store is claimed again, its shares are rebuilt by reads and scrub."""
+    for si, store in enumerate(stores):
         await store.check(writable)
-        marker = await store.read_marker()
-        if marker is None:
-            if await store.list():
-                raise StoreError(f"store {store.url} holds objects but no fusefs marker")
-            if writable:
-                await store.write_marker(cfg.volume_id)
-            continue
-        if marker.get("volume") != cfg.volume_id:
-            raise StoreError(f"store {store.url} belongs to another volume "
-                             f"({marker.get('volume', 'unknown')})")
+        problem = await ownership_problem(store, si, cfg.volume_id, keys, meta,
+                                          claim=writable)
+        if problem and not (problem.startswith("emptied") and not writable):
+            raise StoreError(f"store {store.url} {problem}")
 
 
 READAHEAD_KIB = 4096  # kernel readahead for the mount: 1 MiB read requests, 4 in flight
@@ -122,11 +115,15 @@ def lock_volume(vd: VolumeDir) -> int:
 def preflight(vd: VolumeDir, key_file: str | None, mountpoint: str,
               opts: MountOptions) -> None:
     """All user-input checks of `mount`, cheap enough to run before daemonizing."""
-    cfg, _ = unlock_volume(vd, key_file)
+    cfg, keys = unlock_volume(vd, key_file)
     check_mountpoint(mountpoint)
     os.close(lock_volume(vd))
     stores = [open_store(u) for u in cfg.stores]
-    trio.run(check_stores, cfg, stores, not opts.read_only)
+    meta = MetaRepo(vd.meta, read_only=True)
+    try:
+        trio.run(check_stores, cfg, keys, stores, meta, not opts.read_only)
+    finally:
+        meta.close()
 
 
 def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptions,
@@ -156,9 +153,14 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
 
     stores = [open_store(u) for u in cfg.stores]
     try:
-        await check_stores(cfg, stores, not opts.read_only)
         meta = MetaRepo(vd.meta)
     except FusefsError as e:
+        ready(str(e))
+        raise
+    try:
+        await check_stores(cfg, keys, stores, meta, not opts.read_only)
+    except FusefsError as e:
+        meta.close()
         ready(str(e))
         raise
     events = EventLog(vd.path / "events.jsonl")

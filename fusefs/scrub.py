@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from fusefs.errors import ChunkUnrecoverable, FusefsError, NoSuchObject, StoreError
+from fusefs.ownership import ownership_problem
 from fusefs.stores.base import MARKER
 from fusefs.volume import Volume
 
@@ -96,23 +97,18 @@ class Scrubber:
         return self.report
 
     async def _check_stores(self) -> None:
-        """Claim an emptied or replaced store (empty directory at its URL) when repairing."""
+        """Check each store's marker; claim an emptied or replaced one when repairing."""
         for si, store in enumerate(self.v.stores):
             rep = self.report.stores[si]
             try:
                 await store.check(writable=self.repair)
-                marker = await store.read_marker()
-                if marker is None:
-                    if await store.list():
-                        rep.state = "holds objects but no fusefs marker"
-                    elif self.repair:
-                        await store.write_marker(self.v.config.volume_id)
-                        self.v.events.record("store_replaced", action="claimed",
-                                             store=store.url)
-                    else:
-                        rep.state = "emptied or replaced (no marker)"
-                elif marker.get("volume") != self.v.config.volume_id:
-                    rep.state = "belongs to another volume"
+                had_marker = await store.read_marker() is not None
+                problem = await ownership_problem(store, si, self.v.config.volume_id,
+                                                  self.v.keys, self.v.meta, claim=self.repair)
+                if problem:
+                    rep.state = problem
+                elif not had_marker:
+                    self.v.events.record("store_replaced", action="claimed", store=store.url)
             except FusefsError as e:
                 rep.state = f"unavailable: {e}"
                 self.v.mark_down(si, e if isinstance(e, StoreError) else StoreError(str(e)))

@@ -312,7 +312,10 @@ def test_full_store(store_mounts, mounter: Mounter, volume, tmp_path: Path):
     store = vol.stores[full]
     marker = (store / "fusefs-store").read_bytes()  # init wrote it; move the store to tmpfs
     for p in sorted(store.rglob("*"), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink()
     store_mounts("-t", "tmpfs", "-o", "size=2m", "tmpfs", target=store)
     (store / "fusefs-store").write_bytes(marker)
 
