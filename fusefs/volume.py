@@ -219,20 +219,29 @@ class Volume:
 
         Raises ChunkUnrecoverable when fewer than k shares are good.
         """
-        if self._fast_reads and not any(self._down_until.get(row.placement[i])
-                                        for i in range(self.k)):
-            try:
-                with trio.fail_after(FAST_PATH_TIMEOUT):
-                    return await trio.to_thread.run_sync(
-                        self._read_healthy, file_id, row, limiter=_FAST_READ_LIMITER,
-                        abandon_on_cancel=True)
-            except (_NotHealthy, trio.TooSlowError):
-                pass  # something is missing, damaged or slow: the careful path finds out
         good: dict[int, bytes] = {}
         bad: dict[int, str] = {}
-        plain, forged = await self.gather(ino, file_id, row, good, bad, want_all=False)
-        if bad:
-            await self.healer.heal_later(ino, row, good, bad)
+        plain = None
+        if self._fast_reads:
+            down = frozenset(si for si in self._down_until if self.store_down(si))
+            try:
+                with trio.fail_after(FAST_PATH_TIMEOUT):
+                    plain, errors = await trio.to_thread.run_sync(
+                        self._read_local, file_id, row, down, good, bad,
+                        limiter=_FAST_READ_LIMITER, abandon_on_cancel=True)
+            except _NotHealthy as e:
+                errors = e.args[0]  # forged or too few shares: the careful path decides
+            except trio.TooSlowError:
+                errors = {}  # a hung disk: the hedged path asks around it
+            for si, err in errors.items():
+                self.mark_down(si, err)
+        if plain is None:
+            good, bad = {}, {}  # fresh: an abandoned worker thread may still fill the old ones
+            plain, _ = await self.gather(ino, file_id, row, good, bad, want_all=False)
+        # Shares of unreachable stores are not known to be bad: scrub checks them later.
+        known_bad = {i: why for i, why in bad.items() if why != UNREACHABLE}
+        if known_bad:
+            await self.healer.heal_later(ino, row, good, known_bad)
         return plain
 
     async def _fetch_one(self, row: ChunkRow, i: int, good: dict[int, bytes],
@@ -343,26 +352,47 @@ class Volume:
                 good.pop(i, None)
             return plain, forged
 
-    def _read_healthy(self, file_id: bytes, row: ChunkRow) -> bytes:
-        """Worker thread: read the k data shares, verify, decrypt; raise _NotHealthy on
-        any problem. One thread hop per chunk instead of k + 1 (local stores only)."""
-        shares = {}
-        try:
-            for i in range(self.k):
-                data = self.stores[row.placement[i]].get_blocking(  # type: ignore[misc]
+    def _read_local(self, file_id: bytes, row: ChunkRow, down: frozenset[int],
+                    good: dict[int, bytes], bad: dict[int, str]
+                    ) -> tuple[bytes, dict[int, StoreError]]:
+        """Worker thread, local stores: read shares in order (data shares first) until k are
+        good, verify, decode, decrypt: one thread hop per chunk, healthy or degraded.
+
+        Fills good/bad; returns the plaintext and the stores that failed (the caller marks
+        them down on the trio thread). Raises _NotHealthy(failed stores) when fewer than k
+        shares are good or they do not authenticate; the careful async path takes over.
+        """
+        errors: dict[int, StoreError] = {}
+        for i in range(self.n):
+            if len(good) == self.k:
+                break
+            si = row.placement[i]
+            if si in down:
+                bad[i] = UNREACHABLE
+                continue
+            try:
+                data = self.stores[si].get_blocking(  # type: ignore[misc]
                     self.keys.object_name(row.oid, i))
-                if digest(data) != row.share_digest(i):
-                    raise _NotHealthy
-                shares[i] = data
-        except StoreError:
-            raise _NotHealthy from None
+            except NoSuchObject:
+                bad[i] = MISSING
+                continue
+            except StoreError as e:
+                bad[i] = UNREACHABLE
+                errors[si] = e
+                continue
+            if digest(data) != row.share_digest(i):
+                bad[i] = CHECKSUM
+                continue
+            good[i] = data
+        if len(good) < self.k:
+            raise _NotHealthy(errors)
         cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
         try:
             plain, _ = chunkcodec.open_(self.keys.file_aead(file_id), cid, row.oid, row.length,
-                                        shares, self.k, self.m, all_subsets=False)
+                                        good, self.k, self.m, all_subsets=False)
         except chunkcodec.AuthenticationFailed:
-            raise _NotHealthy from None
-        return plain
+            raise _NotHealthy(errors) from None
+        return plain, errors
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str]) -> None:
         for i, why in sorted(bad.items()):
