@@ -107,9 +107,6 @@ class Volume:
         if self._down_until.pop(si, None) is not None:
             log.info("store %s is reachable again", self.stores[si].url)
 
-    def down_stores(self) -> list[str]:
-        return [self.stores[si].url for si in list(self._down_until) if self.store_down(si)]
-
     # -- write ---------------------------------------------------------------------------
     async def write_chunk(self, ino: int, file_id: bytes, idx: int, plain: bytes,
                           prev_version: int) -> tuple[ChunkRow, dict[int, str]]:
