@@ -229,6 +229,15 @@ class FileData:
             done.set()
             self.flusher.slots.release()
 
+    def discard_dirty(self) -> None:
+        """Forget buffered writes that cannot be stored; the committed size is kept."""
+        self.dirty.clear()
+        self.error = None
+        row = self.meta.get_inode(self.ino)
+        if row is not None:
+            self.size = row.size
+        self.mtime_ns = self.ctime_ns = None
+
     async def wait_inflight(self) -> None:
         while self.inflight:
             await next(iter(self.inflight.values()))[0].wait()

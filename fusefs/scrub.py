@@ -87,11 +87,12 @@ class Scrubber:
     async def run(self) -> ScrubReport:
         start = time.monotonic()
         await self._check_stores()
+        referenced = self._referenced()
         listings = await self._list_objects()
         if self.repair:
             await self.v.healer.process_queue()
         await self._verify_chunks(start)
-        await self._orphans(listings)
+        await self._orphans(listings, referenced)
         self.report.queued_repairs = self.v.meta.repair_count()
         self.report.seconds = time.monotonic() - start
         return self.report
@@ -179,11 +180,11 @@ class Scrubber:
         ahead = self.report.bytes_read / self.rate - (time.monotonic() - start)
         await trio.sleep(max(0.0, ahead))
 
-    async def _orphans(self, listings: list[set[str] | None]) -> None:
-        """Objects listed before the walk that no chunk version (current, garbage or being
-        written) refers to now."""
+    def _referenced(self, into: list[set[str]] | None = None) -> list[set[str]]:
+        """Per store, the object names some chunk version (current, garbage, being written)
+        refers to right now."""
         v = self.v
-        referenced: list[set[str]] = [set() for _ in v.stores]
+        referenced = into if into is not None else [set() for _ in v.stores]
         for oid, where in v.meta.all_versions():
             for i, si in enumerate(where):
                 referenced[si].add(v.keys.object_name(oid, i))
@@ -192,11 +193,21 @@ class Scrubber:
                 name = v.keys.object_name(oid, i)
                 for ref in referenced:
                     ref.add(name)
+        return referenced
+
+    async def _orphans(self, listings: list[set[str] | None],
+                       referenced: list[set[str]]) -> None:
+        """Objects no chunk version referred to, neither before the walk nor after it, and
+        that still exist after it. Files change during a mounted scrub: an object listed as
+        garbage may be collected meanwhile, and a version may be written and replaced."""
+        v = self.v
+        self._referenced(referenced)
+        after = await self._list_objects()
         for si, names in enumerate(listings):
-            if names is None:
+            if names is None or after[si] is None:
                 continue
             rep = self.report.stores[si]
-            for name in sorted(names - referenced[si] - {MARKER}):
+            for name in sorted((names & after[si]) - referenced[si] - {MARKER}):
                 rep.orphans += 1
                 action = "reported"
                 if self.repair:

@@ -422,6 +422,13 @@ class FileSystem:
             return
         try:
             await h.data.flush(durable=False)
+        except FsError:
+            if h.data.opens == 1:
+                # The last close failed (stores full or gone): like a page-cache writeback
+                # error, the unwritable bytes are dropped rather than pinned forever.
+                log.error("dropping unwritable data of inode %d", h.ino)
+                h.data.discard_dirty()
+            raise
         finally:
             self._drop_file_data(h.data)
 

@@ -99,10 +99,13 @@ def test_full_store_disk(tmp_path: Path, mounter: Mounter, small_tmpfs: Path) ->
         os.fsync(f.fileno())
     assert err.value.errno in (28, 5), err.value  # ENOSPC or EIO
     assert (mnt / "before.bin").read_bytes() == before
-    (mnt / "big.bin").unlink(missing_ok=True)
-    fd = os.open(mnt, os.O_RDONLY)  # fsync: the freed shares are deleted now, not in 5 s
+    # free its space now: truncate (unlink frees only once the kernel forgets the inode),
+    # then fsync so the replaced shares are deleted now, not in the next 5 s pass
+    os.truncate(mnt / "big.bin", 0)
+    fd = os.open(mnt, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
+    (mnt / "big.bin").unlink()
     (mnt / "after.bin").write_bytes(b"small files still fit")
     mounter.umount(mnt)
     mnt = mounter.mount(vol, tmp_path / "m")
