@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPAIR_INTERVAL = 30.0  # seconds between passes of the repair worker over the queue
+MAX_BACKGROUND_HEALS = 16  # beyond this, damage found by reads goes to the repair queue:
+#                            a degraded read of a whole store must not hold every chunk's
+#                            shares in memory nor double the CPU work of the read
 
 
 class Healer:
@@ -42,6 +45,14 @@ class Healer:
                          bad: dict[int, str]) -> None:
         """Heal in the background (never blocking the reader) or, with no nursery, now."""
         if row.oid in self._healing:
+            return
+        if self.nursery is not None and len(self._healing) >= MAX_BACKGROUND_HEALS:
+            v = self.v
+            now = time.time_ns()
+            for i, why in sorted(bad.items()):
+                v.meta.queue_repair(row.oid, i, ino, row.idx, why, now)
+                v.events.record(why, action="queued", store=v.stores[row.placement[i]].url,
+                                obj=v.keys.object_name(row.oid, i), inode=ino, chunk=row.idx)
             return
         self._healing.add(row.oid)
         self._idle = trio.Event()
