@@ -556,6 +556,23 @@ def copy_dir(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True)
 
 
+class Snapshot:
+    """A copy of a volume directory and its stores, put back before each damage case."""
+
+    def __init__(self, vol: Volume, where: Path) -> None:
+        self.vol = vol
+        self.where = where
+        copy_dir(vol.path, where / "volume")
+        for i, s in enumerate(vol.stores):
+            copy_dir(s, where / f"s{i}")
+
+    def restore(self) -> Volume:
+        copy_dir(self.where / "volume", self.vol.path)
+        for i, s in enumerate(self.vol.stores):
+            copy_dir(self.where / f"s{i}", s)
+        return self.vol
+
+
 # --------------------------------------------------------------------------------------------
 # Share objects, events and scrub reports (self-healing tests)
 # --------------------------------------------------------------------------------------------

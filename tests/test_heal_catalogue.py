@@ -38,11 +38,11 @@ from helpers import (
     KiB,
     Mounter,
     ShareLoc,
+    Snapshot,
     Volume,
     assert_event_vocabulary,
     assert_ok,
     assert_tree,
-    copy_dir,
     create_volume,
     forge_digest,
     rand_bytes,
@@ -144,16 +144,10 @@ class Pristine:
             for new, old in zip(current[path], self.old[path], strict=True):
                 for s in new:
                     assert s.file.read_bytes() != old[("store", s.store)], "not rewritten?"
-        self.saved = base / "saved"
-        copy_dir(self.vol.path, self.saved / "volume")
-        for i, s in enumerate(self.vol.stores):
-            copy_dir(s, self.saved / f"s{i}")
+        self.snapshot = Snapshot(self.vol, base / "saved")
 
     def restore(self) -> Volume:
-        copy_dir(self.saved / "volume", self.vol.path)
-        for i, s in enumerate(self.vol.stores):
-            copy_dir(self.saved / f"s{i}", s)
-        return self.vol
+        return self.snapshot.restore()
 
 
 @pytest.fixture(scope="module")

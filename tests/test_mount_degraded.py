@@ -22,6 +22,7 @@ from helpers import (
     KiB,
     MiB,
     Mounter,
+    Snapshot,
     Volume,
     assert_tree,
     copy_dir,
@@ -60,16 +61,10 @@ class Pristine:
         assert not problems, problems
         for i in range(N_STORES):
             assert self.vol.objects(i), f"store {i} holds no share object after writing"
-        self.saved = base / "saved"
-        copy_dir(self.vol.path, self.saved / "volume")
-        for i, s in enumerate(self.vol.stores):
-            copy_dir(s, self.saved / f"s{i}")
+        self.snapshot = Snapshot(self.vol, base / "saved")
 
     def restore(self) -> Volume:
-        copy_dir(self.saved / "volume", self.vol.path)
-        for i, s in enumerate(self.vol.stores):
-            copy_dir(self.saved / f"s{i}", s)
-        return self.vol
+        return self.snapshot.restore()
 
 
 @pytest.fixture(scope="module")
