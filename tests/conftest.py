@@ -192,3 +192,30 @@ def mdir(shared_fs: SharedFS, request: pytest.FixtureRequest) -> Path:
 @pytest.fixture
 def chunk_size(shared_fs: SharedFS) -> int:
     return shared_fs.chunk_size
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 for the whole session (skipped without moto)."""
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"S3 tests need moto[server] and boto3: {e}")
+    from s3server import S3Server, use_test_credentials
+
+    use_test_credentials()
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the test S3 server."""
+    name = "b" + format(abs(hash(request.node.nodeid)) % 10**12, "012d") + str(
+        next(_bucket_counter))
+    return s3_server.create_bucket(name)
+
+
+_bucket_counter = itertools.count()

@@ -8,6 +8,7 @@ LocalStore-only behaviour (directory layout, temp files, permissions) is tested 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import trio
 from fusefs.errors import ConfigError, NoSuchObject, StoreError
 from fusefs.stores.base import MARKER, Store, open_store
 from fusefs.stores.local import LocalStore
+from fusefs.stores.s3 import S3Store
 
 
 def run(fn, *args):
@@ -63,11 +65,41 @@ class LocalFactory:
         shutil.rmtree(store.root)
 
 
-FACTORIES = {"local": LocalFactory}
+class S3Factory:
+    """Stores under fresh prefixes of buckets on a real S3 HTTP server (moto, 127.0.0.1)."""
+
+    def __init__(self, base: Path, server) -> None:
+        self.server = server
+        self.count = 0
+        self.bucket = server.create_bucket(f"contract{next(_buckets)}")
+
+    def _url(self, bucket: str) -> str:
+        self.count += 1
+        return f"s3://{bucket}/p{self.count}?endpoint={self.server.endpoint}"
+
+    def new(self) -> Store:
+        return S3Store(self._url(self.bucket))
+
+    def missing(self) -> Store:
+        return S3Store(self._url(f"no-such-bucket-{self.count}"))
+
+    def break_(self, store: Store) -> None:
+        assert isinstance(store, S3Store)
+        client = self.server.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket):
+            for o in page.get("Contents", ()):
+                client.delete_object(Bucket=store.bucket, Key=o["Key"])
+        client.delete_bucket(Bucket=store.bucket)
+
+
+_buckets = itertools.count()
+FACTORIES = {"local": LocalFactory, "s3": S3Factory}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 def kit(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "s3":
+        return S3Factory(tmp_path, request.getfixturevalue("s3_server"))
     return FACTORIES[request.param](tmp_path)
 
 
@@ -393,7 +425,6 @@ def test_open_store_bare_absolute_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("url,scheme", [
-    ("s3://bucket/prefix", "s3"),
     ("http://example.com/store", "http"),
     ("sftp://host/path", "sftp"),
 ])
@@ -411,3 +442,14 @@ def test_open_store_relative_or_bad_file_url(url: str) -> None:
         open_store(url)
     assert url in str(exc.value)
     assert "absolute" in str(exc.value)
+
+
+def test_s3_url_options() -> None:
+    store = open_store("s3://bkt/some/prefix?endpoint=http://127.0.0.1:9&region=eu-west-1")
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.endpoint, store.region) == (
+        "bkt", "some/prefix/", "http://127.0.0.1:9", "eu-west-1")
+    with pytest.raises(ConfigError, match="unknown option"):
+        open_store("s3://bkt/p?color=blue")
+    with pytest.raises(ConfigError, match="s3://bucket"):
+        open_store("s3:///nobucket")

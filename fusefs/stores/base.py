@@ -78,7 +78,7 @@ class Store(ABC):
 
 
 def open_store(url: str) -> Store:
-    """Build a store from its URL: file:///abs/path, or a bare absolute path."""
+    """Build a store from its URL: file:///abs/path (or a bare absolute path), s3://bucket/prefix."""
     from fusefs.stores.local import LocalStore
 
     parts = urlsplit(url)
@@ -88,6 +88,11 @@ def open_store(url: str) -> Store:
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ConfigError(f"store URL {url!r}: use file:///absolute/path")
         return LocalStore(parts.path)
+    if parts.scheme == "s3":
+        from fusefs.stores.s3 import S3Store
+
+        return S3Store(url)
     if parts.scheme == "":
         raise ConfigError(f"store URL {url!r}: use file:///absolute/path or an absolute path")
-    raise ConfigError(f"store URL {url!r}: unknown scheme {parts.scheme!r} (supported: file)")
+    raise ConfigError(f"store URL {url!r}: unknown scheme {parts.scheme!r} "
+                      "(supported: file, s3)")
