@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 
@@ -18,7 +19,8 @@ def free_port() -> int:
 
 
 class S3Server:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = env  # extra environment, e.g. INITIAL_NO_AUTH_ACTION_COUNT=0: check keys
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -26,7 +28,8 @@ class S3Server:
     def start(self, timeout: float = 30) -> S3Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **(self.env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -34,6 +37,8 @@ class S3Server:
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1).close()
                 return self
+            except urllib.error.HTTPError:
+                return self  # it answered (with authentication on, a 403)
             except OSError:
                 time.sleep(0.05)  # polling for readiness, with a deadline
         raise RuntimeError("moto server did not answer within 30 s")

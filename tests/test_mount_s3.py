@@ -95,6 +95,26 @@ def test_s3_outage_and_recovery(tmp_path: Path, mounter: Mounter) -> None:
         server.stop()
 
 
+def test_bad_credentials(tmp_path: Path) -> None:
+    """A server that checks keys (moto with authentication on) refuses ours: one line that
+    says so, and nothing is created."""
+    pytest.importorskip("moto.server")
+    from s3server import S3Server, use_test_credentials
+
+    use_test_credentials()
+    server = S3Server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}).start()
+    try:
+        (tmp_path / "l").mkdir()
+        msg = assert_fails(run_fusefs(
+            "init", tmp_path / "vol", "--store", f"file://{tmp_path / 'l'}",
+            "--store", f"s3://somebucket/p?endpoint={server.endpoint}",
+            "--data-shares", "1", "--parity-shares", "1", "--key-file", tmp_path / "k"))
+        assert "access denied" in msg and "credentials" in msg, msg
+        assert not (tmp_path / "vol").exists()
+    finally:
+        server.stop()
+
+
 def test_missing_bucket_and_bad_endpoint(tmp_path: Path, s3_server) -> None:
     (tmp_path / "l").mkdir()
     base = ["init", tmp_path / "vol", "--store", f"file://{tmp_path / 'l'}",
