@@ -41,6 +41,7 @@ class S3Server:
                 return self  # it answered (with authentication on, a 403)
             except OSError:
                 time.sleep(0.05)  # polling for readiness, with a deadline
+        self.stop()  # never leave a server behind
         raise RuntimeError("moto server did not answer within 30 s")
 
     def stop(self) -> None:
