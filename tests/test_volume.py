@@ -292,6 +292,15 @@ def test_corruption_is_read_through_and_healed(env: Env, corrupt: str, bad: tupl
     # every share of the chunk is back to its exact bytes
     for i in range(N):
         assert env.path(s.row, i).read_bytes() == s.original[i]
+    events = assert_share_events(env, s, bad, corrupt, "healed")
+    # a second read is healthy and records nothing new
+    assert env.read(s.row) == s.data
+    assert len(env.events()) == len(events)
+    assert env.read(s.other) == data_of(20_000, 102)  # the donor chunk was not harmed
+
+
+def assert_share_events(env: Env, s, bad, corrupt: str, action: str) -> list[dict]:
+    """Exactly one event per damaged share, naming its kind, store, object, inode, chunk."""
     events = env.events()
     kind = "missing" if corrupt == "delete" else "checksum_mismatch"
     expected = {env.volume.keys.object_name(s.row.oid, i): i for i in bad}
@@ -299,13 +308,10 @@ def test_corruption_is_read_through_and_healed(env: Env, corrupt: str, bad: tupl
     for e in events:
         i = expected[e["object"]]
         assert e["kind"] == kind
-        assert e["action"] == "healed"
+        assert e["action"] == action
         assert e["store"] == env.volume.stores[s.row.placement[i]].url
         assert e["inode"] == env.ino and e["chunk"] == 0
-    # a second read is healthy and records nothing new
-    assert env.read(s.row) == s.data
-    assert len(env.events()) == len(events)
-    assert env.read(s.other) == data_of(20_000, 102)  # the donor chunk was not harmed
+    return events
 
 
 @BOTH_READ_PATHS
@@ -351,16 +357,7 @@ def test_three_bad_shares_are_unrecoverable(env: Env, corrupt: str, bad: tuple) 
     with pytest.raises(ChunkUnrecoverable) as exc:
         env.read(s.row)
     assert "chunk 0" in str(exc.value)
-    events = env.events()
-    kind = "missing" if corrupt == "delete" else "checksum_mismatch"
-    expected = {env.volume.keys.object_name(s.row.oid, i): i for i in bad}
-    assert sorted(e["object"] for e in events) == sorted(expected)
-    for e in events:
-        i = expected[e["object"]]
-        assert e["kind"] == kind
-        assert e["action"] == "unrecoverable"
-        assert e["store"] == env.volume.stores[s.row.placement[i]].url
-        assert e["inode"] == env.ino and e["chunk"] == 0
+    assert_share_events(env, s, bad, corrupt, "unrecoverable")
     # nothing was "healed" into a wrong state: the good shares are untouched
     for i in set(range(N)) - set(bad):
         assert env.path(s.row, i).read_bytes() == s.original[i]
