@@ -73,8 +73,8 @@ def tune_readahead(mp: Path, kib: int) -> None:
     """Raise the kernel's readahead for this mount (default 128 KiB): sequential readers then
     send 1 MiB requests, an eighth of the FUSE round trips. Root only; best effort.
 
-    The device number comes from /proc/self/mountinfo: a stat() of the mountpoint would ask
-    this very daemon, which is not serving yet.
+    The device number comes from /proc/self/mountinfo (st_dev of the mountpoint would do as
+    well, but a stat on the trio thread would ask this very daemon and deadlock).
     """
     try:
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -178,8 +178,6 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         ready(msg)
         raise FusefsError(msg) from None
     log.info("mounted volume %s on %s", vd.path, mp)
-    tune_readahead(mp, READAHEAD_KIB)
-    ready(None)
     unmount = True
     signalled: list[int] = []
     try:
@@ -190,6 +188,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
             nursery.start_soon(volume.run_durability)
             await nursery.start(ControlServer(vd.path, volume).serve)
             nursery.start_soon(_stop_on_signal, signalled)
+            nursery.start_soon(_announce_when_serving, mp, ready)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u) or on a signal
             unmount = bool(signalled)
@@ -204,6 +203,22 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         pyfuse3.close(unmount=unmount)
         meta.close()
         log.info("unmounted %s", mp)
+
+
+async def _announce_when_serving(mp: Path, ready: Callable[[str | None], None]) -> None:
+    """Tell the parent the mount is live once the kernel's INIT has been answered.
+
+    A stat of the mountpoint from a worker thread returns only after pyfuse3.main() has
+    answered INIT. Only then can readahead be raised: the INIT reply caps it at the 128 KiB
+    the kernel offered when it sent INIT.
+    """
+    try:
+        await trio.to_thread.run_sync(os.stat, mp, abandon_on_cancel=True)
+    except OSError as e:
+        log.warning("the new mount %s does not answer: %s", mp, e)
+    else:
+        tune_readahead(mp, READAHEAD_KIB)
+    ready(None)
 
 
 async def _stop_on_signal(signalled: list[int]) -> None:

@@ -33,6 +33,7 @@ from helpers import (
     assert_tree,
     drop_cache,
     is_mounted,
+    mount_entry,
     rand_bytes,
     read_uncached,
     run_fusefs,
@@ -1194,3 +1195,14 @@ def test_allow_other_respects_permissions(volume, mounter):
         mounter.cleanup()
         if not is_mounted(top / "mnt"):
             shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a bdi's readahead needs root")
+def test_mount_raises_readahead_after_init(shared_fs):
+    """Sequential readers get 1 MiB FUSE reads: the kernel's INIT reply would cap readahead at
+    128 KiB if it were raised before the daemon answered INIT."""
+    if shared_fs.volume is None:
+        pytest.skip("reference run")
+    minor, _ = mount_entry(shared_fs.root)
+    kib = int(Path(f"/sys/class/bdi/0:{minor}/read_ahead_kb").read_text())
+    assert kib == 4096
