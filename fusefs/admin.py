@@ -8,12 +8,20 @@ import os
 import shutil
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import trio
 
 from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file
-from fusefs.config import DEFAULT_CHUNK, VolumeConfig, VolumeDir, parse_size, validate
+from fusefs.config import (
+    DEFAULT_CHUNK,
+    DEFAULT_SEGMENT,
+    VolumeConfig,
+    VolumeDir,
+    parse_size,
+    validate,
+)
 from fusefs.errors import ConfigError, FusefsError, StoreError
 from fusefs.events import read_events
 from fusefs.meta.repo import MetaRepo
@@ -47,8 +55,10 @@ def init_volume(args: argparse.Namespace) -> None:
         raise ConfigError("a volume needs at least 2 stores (K data + M >= 1 parity)")
     k, m = default_shares(len(stores), args.data_shares, args.parity_shares)
     chunk = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK
+    seg = parse_size(args.segment_size) if args.segment_size else min(DEFAULT_SEGMENT, chunk)
     volume_id = os.urandom(16)
-    cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="")
+    cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="",
+                       segment_size=seg)
     validate(cfg)
     trio.run(_prepare_stores, stores)
 
@@ -61,7 +71,7 @@ def init_volume(args: argparse.Namespace) -> None:
     try:
         master = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
         keys = VolumeKeys(master, volume_id)
-        cfg = VolumeConfig(volume_id.hex(), k, m, chunk, cfg.stores, keys.check_value)
+        cfg = replace(cfg, key_check=keys.check_value)
         meta = MetaRepo(vd.meta, create=True)
         with meta.transaction():
             now = time.time_ns()
@@ -79,7 +89,7 @@ def init_volume(args: argparse.Namespace) -> None:
                 p.unlink(missing_ok=True)
         raise
     print(f"created volume {vd.path}: {k} data + {m} parity shares over {len(stores)} stores,"
-          f" chunk size {chunk}, key {key_path}")
+          f" chunk size {chunk}, segment size {seg}, key {key_path}")
 
 
 async def _prepare_stores(stores: list[Store]) -> None:
@@ -146,7 +156,7 @@ def status(target: str, as_json: bool) -> int:
     meta = MetaRepo(vd.meta, read_only=True)
     try:
         st = meta.stats()
-        stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares)
+        stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares, cfg.segment_size)
         queued = meta.repair_count()
         at_risk = {meta.path_of(ino) or f"<inode {ino}>" for ino in meta.inodes_with_repairs()}
     finally:
@@ -167,6 +177,7 @@ def status(target: str, as_json: bool) -> int:
         "data_shares": cfg.data_shares,
         "parity_shares": cfg.parity_shares,
         "chunk_size": cfg.chunk_size,
+        "segment_size": cfg.segment_size,
         "stores": trio.run(_store_states, cfg),
         "files": st.files,
         "directories": st.directories,
@@ -185,7 +196,7 @@ def status(target: str, as_json: bool) -> int:
     print(f"volume     {report['volume']} (id {cfg.volume_id})")
     print(f"mounted    {mountpoint or 'no'}")
     print(f"layout     {cfg.data_shares} data + {cfg.parity_shares} parity shares, "
-          f"chunk size {cfg.chunk_size}")
+          f"chunk size {cfg.chunk_size}, segment size {cfg.segment_size}")
     print(f"contents   {st.files} files, {st.directories} directories, {st.symlinks} symlinks,"
           f" {st.chunks} chunks")
     ratio = f" ({stored / st.logical_bytes:.2f}x)" if st.logical_bytes else ""

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data-shares", type=int, metavar="K", help="shares needed to read (K)")
     s.add_argument("--parity-shares", type=int, metavar="M", help="stores that may fail (M)")
     s.add_argument("--chunk-size", metavar="SIZE", default="1M", help="chunk size (default 1M)")
+    s.add_argument("--segment-size", metavar="SIZE",
+                   help="encryption unit inside a chunk (default 64K): the least a read fetches")
     s.add_argument("--key-file", metavar="PATH",
                    help="key file: created (mode 0600) if missing, else used "
                         "(default: VOLUME/fusefs.key)")

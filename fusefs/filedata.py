@@ -89,7 +89,8 @@ class FileData:
         self.dirty: dict[int, bytearray] = {}
         self.inflight: dict[int, tuple[trio.Event, bytes]] = {}
         self.error: Exception | None = None  # a background write failed: report at flush
-        self._next_read = -1  # chunk a sequential reader will ask for next
+        self._next_read = 0  # chunk a sequential reader will ask for next (a read from the
+        #                      start is taken as sequential: whole chunks, readahead at once)
 
     # -- reading -------------------------------------------------------------------------
     async def load(self, row: ChunkRow) -> bytes:
@@ -113,13 +114,13 @@ class FileData:
             done.set()
         return data
 
-    def _readahead(self, first: int, last: int) -> None:
-        """On sequential access, fetch the next chunks in the background."""
+    def _readahead(self, first: int, last: int) -> bool:
+        """On sequential access, fetch the next chunks in the background; True if it is."""
         sequential = first in (self._next_read, self._next_read - 1)
         self._next_read = last + 1
         nursery = self.flusher.nursery
         if not sequential or nursery is None:
-            return
+            return sequential
         end = min(last + 1 + READAHEAD_CHUNKS, -(-self.size // self.cs))
         for idx in range(last + 1, end):
             if idx in self.dirty or idx in self.inflight:
@@ -130,6 +131,7 @@ class FileData:
             if self.cache.get((self.ino, idx, row.oid)) is not None:
                 continue
             nursery.start_soon(self._prefetch, row)
+        return True
 
     async def _prefetch(self, row: ChunkRow) -> None:
         async with self.flusher.readahead:
@@ -146,20 +148,36 @@ class FileData:
         row = self.meta.get_chunk(self.ino, idx)
         return b"" if row is None else await self.load(row)
 
+    async def _piece(self, idx: int, a: int, b: int, random_access: bool) -> bytes:
+        """Bytes [a, b) of chunk idx (zeros past its end). A small random read of a committed
+        chunk that is not cached fetches only the segments it needs (`read_span`); anything
+        else loads the whole chunk, which sequential readers and the cache want anyway."""
+        if random_access and 2 * (b - a) <= self.cs and idx not in self.dirty \
+                and idx not in self.inflight:
+            row = self.meta.get_chunk(self.ino, idx)
+            if row is None or a >= row.length:
+                return bytes(b - a)
+            key = (self.ino, idx, row.oid)
+            if self.cache.get(key) is None and key not in self.cache.loading:
+                got = await self.volume.read_span(self.file_id, row, a, min(b, row.length))
+                if got is not None:
+                    return got if len(got) == b - a else got + bytes(b - a - len(got))
+        data = await self._chunk(idx)
+        piece = data[a:b]
+        return piece if len(piece) == b - a else piece + bytes(b - a - len(piece))
+
     async def read(self, off: int, size: int) -> bytes:
         end = min(off + size, self.size)
         if off >= end:
             return b""
         parts = []
         first, last = off // self.cs, (end - 1) // self.cs
-        self._readahead(first, last)
+        random_access = not self._readahead(first, last)
         try:
             for idx in range(first, last + 1):
                 start = idx * self.cs
-                data = await self._chunk(idx)
                 a, b = max(off, start) - start, min(end, start + self.cs) - start
-                piece = data[a:b]
-                parts.append(piece if len(piece) == b - a else piece + bytes(b - a - len(piece)))
+                parts.append(await self._piece(idx, a, b, random_access))
         except (ChunkUnrecoverable, StoreError) as e:
             log.error("read of inode %d failed: %s", self.ino, e)
             raise fs_error(e) from None

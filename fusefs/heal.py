@@ -81,7 +81,7 @@ class Healer:
         """Rewrite bad shares from k good ones; return share -> action taken."""
         v = self.v
         subset = {i: good[i] for i in sorted(good)[: v.k]}
-        length = chunkcodec.sealed_length(row.length)
+        length = chunkcodec.sealed_length(row.length, v.seg)
         ct = await run_cpu(row.length, erasure.decode, subset, v.k, v.m, length)
         fresh = await run_cpu(row.length, erasure.regenerate, ct, v.k, v.m, list(bad))
         actions = {}

@@ -11,15 +11,18 @@ are read and verified a whole chunk per worker-thread hop (`_read_healthy`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Iterable
 
 import trio
+from cryptography.exceptions import InvalidTag
 
 from fusefs import placement
 from fusefs.codec import chunk as chunkcodec
+from fusefs.codec import erasure
 from fusefs.codec.checksum import digest
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
@@ -59,10 +62,12 @@ class Volume:
         self.events = events
         self.k = config.data_shares
         self.m = config.parity_shares
+        self.seg = config.segment_size
         self.n = config.n_shares
         self.quorum = config.quorum
         self.volume_id = config.volume_id_bytes
         self._fast_reads = all(s.get_blocking is not None for s in stores)
+        self._fast_ranges = all(s.get_range_blocking is not None for s in stores)
         self._fast_writes = all(s.put_blocking is not None for s in stores)
         self._down_until: dict[int, float] = {}  # store index -> monotonic retry time
         self._full_until: dict[int, float] = {}  # stores that refused a write for space
@@ -150,7 +155,7 @@ class Volume:
     def _seal_and_put(self, aead, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes,
                       where: bytes) -> tuple[list[bytes], dict[int, StoreError]]:
         """Worker thread: seal a chunk and write its shares to local stores, one hop."""
-        shares, digests = chunkcodec.seal(aead, cid, oid, plain, self.k, self.m)
+        shares, digests = chunkcodec.seal(aead, cid, oid, plain, self.k, self.m, self.seg)
         failed: dict[int, StoreError] = {}
         for i, share in enumerate(shares):
             try:
@@ -166,7 +171,7 @@ class Volume:
         """Seal, then store the shares in parallel, skipping stores known to be down."""
         try:
             shares, digests = await run_cpu(len(plain), chunkcodec.seal, aead, cid, oid,
-                                            plain, self.k, self.m)
+                                            plain, self.k, self.m, self.seg)
         except BaseException:
             self.writing.discard(oid)
             raise
@@ -240,6 +245,75 @@ class Volume:
         if known_bad:
             await self.healer.heal_later(ino, row, good, known_bad)
         return plain
+
+    async def read_span(self, file_id: bytes, row: ChunkRow, start: int, end: int
+                        ) -> bytes | None:
+        """Plaintext [start, end) of a chunk from only the segments that hold it.
+
+        The segments are read from the data shares (plain slices of the ciphertext) and each
+        is authenticated (AES-GCM; the whole-share checksums cannot cover a part). Returns
+        None when anything is off (a store down or slow, a short or missing share, a segment
+        that does not authenticate): the caller then reads the whole chunk, which finds the
+        bad share by its checksum, rebuilds, records and heals.
+        """
+        span = chunkcodec.segment_span(start, end, row.length, self.seg)
+        size = erasure.share_size(chunkcodec.sealed_length(row.length, self.seg), self.k)
+        pieces = span.pieces(size)
+        if any(self.store_down(row.placement[i]) for i, _, _ in pieces):
+            return None
+        if self._fast_ranges:
+            with trio.move_on_after(FAST_PATH_TIMEOUT):
+                return await trio.to_thread.run_sync(
+                    self._read_span_local, file_id, row, span, pieces, end - start,
+                    limiter=_FAST_READ_LIMITER, abandon_on_cancel=True)
+            return None
+        parts: list[bytes] = [b""] * len(pieces)
+
+        async def one(j: int, i: int, off: int, n: int) -> None:
+            with contextlib.suppress(StoreError):  # left short: the whole read sorts it out
+                parts[j] = await self.stores[row.placement[i]].get_range(
+                    self.keys.object_name(row.oid, i), off, n)
+
+        with trio.move_on_after(HEDGE_DELAY):  # a slow store: the hedged path asks others
+            async with trio.open_nursery() as nursery:
+                for j, (i, off, n) in enumerate(pieces):
+                    nursery.start_soon(one, j, i, off, n)
+            ct = b"".join(parts)
+            if len(ct) != span.ct_end - span.ct_start:
+                return None
+            try:
+                plain = await run_cpu(len(ct), chunkcodec.decrypt_segments,
+                                      self.keys.file_aead(file_id), self._cid(file_id, row),
+                                      row.oid, ct, span.first, row.length, self.seg)
+            except InvalidTag:
+                return None
+            return plain[span.skip : span.skip + end - start]
+        return None
+
+    def _cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
+        return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+
+    def _read_span_local(self, file_id: bytes, row: ChunkRow, span: chunkcodec.Span,
+                         pieces: list[tuple[int, int, int]], want: int) -> bytes | None:
+        """Worker thread, local stores: `read_span` in one hop."""
+        parts = []
+        for i, off, n in pieces:
+            try:
+                part = self.stores[row.placement[i]].get_range_blocking(  # type: ignore[misc]
+                    self.keys.object_name(row.oid, i), off, n)
+            except StoreError:
+                return None
+            if len(part) != n:
+                return None
+            parts.append(part)
+        try:
+            plain = chunkcodec.decrypt_segments(
+                self.keys.file_aead(file_id), self._cid(file_id, row), row.oid,
+                parts[0] if len(parts) == 1 else b"".join(parts), span.first, row.length,
+                self.seg)
+        except InvalidTag:
+            return None
+        return plain[span.skip : span.skip + want]
 
     async def _fetch_one(self, row: ChunkRow, i: int, good: dict[int, bytes],
                          bad: dict[int, str]) -> None:
@@ -334,7 +408,7 @@ class Volume:
                 self._unrecoverable(ino, row, bad)
             try:
                 plain, forged = await run_cpu(row.length, chunkcodec.open_, aead, cid, row.oid,
-                                              row.length, dict(good), self.k, self.m)
+                                              row.length, dict(good), self.k, self.m, self.seg)
             except chunkcodec.AuthenticationFailed:
                 rest = [i for i in order if i not in good and i not in bad]
                 if rest:  # more shares might outvote the forged ones
@@ -386,7 +460,7 @@ class Volume:
         cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
         try:
             plain, _ = chunkcodec.open_(self.keys.file_aead(file_id), cid, row.oid, row.length,
-                                        good, self.k, self.m, all_subsets=False)
+                                        good, self.k, self.m, self.seg, all_subsets=False)
         except chunkcodec.AuthenticationFailed:
             raise _NotHealthy(errors) from None
         return plain, errors

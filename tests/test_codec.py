@@ -176,6 +176,7 @@ def cid_of(**changes) -> chunk.ChunkId:
     return chunk.ChunkId(**base)
 
 
+SEG = 64 * 1024
 OID = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
@@ -183,24 +184,24 @@ OID = bytes.fromhex("00112233445566778899aabbccddeeff")
 def test_seal_open_round_trip(length: int) -> None:
     aead = make_aead()
     plain = payload_of(length, seed=length)
-    shares, digests = chunk.seal(aead, cid_of(), OID, plain, K, M)
+    shares, digests = chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)
 
     assert len(shares) == N and len(digests) == N
     assert [digest(s) for s in shares] == digests
-    assert {len(s) for s in shares} == {erasure.share_size(chunk.sealed_length(length), K)}
-    assert chunk.sealed_length(length) == length + chunk.TAG_LEN
+    assert {len(s) for s in shares} == {erasure.share_size(chunk.sealed_length(length, SEG), K)}
+    assert chunk.sealed_length(length, SEG) == length + chunk.TAG_LEN * max(1, -(-length // SEG))
     # the shares hold ciphertext, not the plaintext
     if length >= 64:
         assert plain[:64] not in b"".join(as_bytes(shares))
 
-    got, bad = chunk.open_(aead, cid_of(), OID, length, dict(enumerate(shares)), K, M)
+    got, bad = chunk.open_(aead, cid_of(), OID, length, dict(enumerate(shares)), K, M, SEG)
     assert got == plain and bad == []
     subsets = list(combinations(range(N), K))
     if length > 4096:
         subsets = subsets[:2] + subsets[-2:]
     for subset in subsets:
         got, bad = chunk.open_(aead, cid_of(), OID, length, {i: shares[i] for i in subset},
-                               K, M)
+                               K, M, SEG)
         assert got == plain, f"subset {subset}"
         assert bad == []
 
@@ -208,16 +209,16 @@ def test_seal_open_round_trip(length: int) -> None:
 def test_seal_accepts_memoryview() -> None:
     aead = make_aead()
     plain = payload_of(3000)
-    shares, _ = chunk.seal(aead, cid_of(), OID, memoryview(plain), K, M)
-    got, _ = chunk.open_(aead, cid_of(), OID, 3000, {i: shares[i] for i in (0, 3, 4)}, K, M)
+    shares, _ = chunk.seal(aead, cid_of(), OID, memoryview(plain), K, M, SEG)
+    got, _ = chunk.open_(aead, cid_of(), OID, 3000, {i: shares[i] for i in (0, 3, 4)}, K, M, SEG)
     assert got == plain
 
 
 def test_seal_twice_with_other_oid_gives_other_shares() -> None:
     aead = make_aead()
     plain = payload_of(3000)
-    a, _ = chunk.seal(aead, cid_of(), OID, plain, K, M)
-    b, _ = chunk.seal(aead, cid_of(), bytes(16), plain, K, M)
+    a, _ = chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)
+    b, _ = chunk.seal(aead, cid_of(), bytes(16), plain, K, M, SEG)
     assert all(bytes(x) != bytes(y) for x, y in zip(a, b, strict=True))
 
 
@@ -232,48 +233,48 @@ def test_open_fails_when_associated_data_differs(field: str, value) -> None:
     """A share moved to another volume, file, position or rolled back never authenticates."""
     aead = make_aead()
     plain = payload_of(5000, seed=5)
-    shares, _ = chunk.seal(aead, cid_of(), OID, plain, K, M)
+    shares, _ = chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)
     wrong = cid_of(**{field: value})
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, wrong, OID, len(plain), dict(enumerate(shares)), K, M)
+        chunk.open_(aead, wrong, OID, len(plain), dict(enumerate(shares)), K, M, SEG)
     for subset in combinations(range(N), K):
         with pytest.raises(chunk.AuthenticationFailed):
-            chunk.open_(aead, wrong, OID, len(plain), {i: shares[i] for i in subset}, K, M)
+            chunk.open_(aead, wrong, OID, len(plain), {i: shares[i] for i in subset}, K, M, SEG)
 
 
 def test_open_fails_with_another_files_key() -> None:
     plain = payload_of(5000)
-    shares, _ = chunk.seal(make_aead(1), cid_of(), OID, plain, K, M)
+    shares, _ = chunk.seal(make_aead(1), cid_of(), OID, plain, K, M, SEG)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(make_aead(2), cid_of(), OID, len(plain), dict(enumerate(shares)), K, M)
+        chunk.open_(make_aead(2), cid_of(), OID, len(plain), dict(enumerate(shares)), K, M, SEG)
 
 
 def test_open_fails_with_another_oid() -> None:
     """The nonce comes from the oid: shares of another chunk version do not open."""
     aead = make_aead()
     plain = payload_of(5000)
-    shares, _ = chunk.seal(aead, cid_of(), OID, plain, K, M)
+    shares, _ = chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, cid_of(), bytes(16), len(plain), dict(enumerate(shares)), K, M)
+        chunk.open_(aead, cid_of(), bytes(16), len(plain), dict(enumerate(shares)), K, M, SEG)
 
 
 def test_open_fails_with_shares_of_another_version() -> None:
     """Rollback: the complete share set of version 1 offered as version 2 is refused."""
     aead = make_aead()
     plain = payload_of(4000)
-    old, _ = chunk.seal(aead, cid_of(version=1), OID, plain, K, M)
-    new, _ = chunk.seal(aead, cid_of(version=2), bytes(range(16)), plain, K, M)
+    old, _ = chunk.seal(aead, cid_of(version=1), OID, plain, K, M, SEG)
+    new, _ = chunk.seal(aead, cid_of(version=2), bytes(range(16)), plain, K, M, SEG)
     with pytest.raises(chunk.AuthenticationFailed):
         chunk.open_(aead, cid_of(version=2), bytes(range(16)), len(plain),
-                    dict(enumerate(old)), K, M)
+                    dict(enumerate(old)), K, M, SEG)
     got, _ = chunk.open_(aead, cid_of(version=2), bytes(range(16)), len(plain),
-                         dict(enumerate(new)), K, M)
+                         dict(enumerate(new)), K, M, SEG)
     assert got == plain
 
 
 def _tag_position(plain_len: int) -> tuple[int, int]:
     """(share, offset) of the last byte of the GCM tag."""
-    length = chunk.sealed_length(plain_len)
+    length = chunk.sealed_length(plain_len, SEG)
     size = erasure.share_size(length, K)
     return divmod(length - 1, size)
 
@@ -282,7 +283,7 @@ def _tag_position(plain_len: int) -> tuple[int, int]:
 def test_open_fails_when_tag_tampered_and_no_spare_shares(plain_len: int) -> None:
     aead = make_aead()
     plain = payload_of(plain_len)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
     share, offset = _tag_position(plain_len)
     assert share < K
     tampered = bytearray(shares[share])
@@ -290,14 +291,14 @@ def test_open_fails_when_tag_tampered_and_no_spare_shares(plain_len: int) -> Non
     given = {i: shares[i] for i in range(K)}
     given[share] = bytes(tampered)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, cid_of(), OID, plain_len, given, K, M)
+        chunk.open_(aead, cid_of(), OID, plain_len, given, K, M, SEG)
 
 
 def test_open_with_too_few_shares() -> None:
     aead = make_aead()
-    shares, _ = chunk.seal(aead, cid_of(), OID, b"abc", K, M)
+    shares, _ = chunk.seal(aead, cid_of(), OID, b"abc", K, M, SEG)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, cid_of(), OID, 3, {0: shares[0], 1: shares[1]}, K, M)
+        chunk.open_(aead, cid_of(), OID, 3, {0: shares[0], 1: shares[1]}, K, M, SEG)
 
 
 def _forge(share: bytes, seed: int) -> bytes:
@@ -310,10 +311,10 @@ def test_forged_share_in_preferred_subset_is_outvoted(forged: int, given: tuple)
     """open_ trusts its input's checksums; a forged share among k+1 or more is outvoted."""
     aead = make_aead()
     plain = payload_of(9000, seed=forged)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
     offered = {i: shares[i] for i in given}
     offered[forged] = _forge(shares[forged], forged)
-    got, bad = chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M)
+    got, bad = chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, SEG)
     assert got == plain
     assert bad == [forged]
 
@@ -324,10 +325,10 @@ def test_forged_share_outside_preferred_subset_is_reported(forged: int) -> None:
     share numbers proven bad: shares that do not re-encode from the winning subset"."""
     aead = make_aead()
     plain = payload_of(9000, seed=forged)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
     offered = dict(enumerate(shares))
     offered[forged] = _forge(shares[forged], forged)
-    got, bad = chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M)
+    got, bad = chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, SEG)
     assert got == plain
     assert bad == [forged]
 
@@ -335,12 +336,12 @@ def test_forged_share_outside_preferred_subset_is_reported(forged: int) -> None:
 def test_two_forged_shares_among_all_are_outvoted() -> None:
     aead = make_aead()
     plain = payload_of(9000, seed=2)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
     for forged in combinations(range(K), 2):
         offered = dict(enumerate(shares))
         for i in forged:
             offered[i] = _forge(shares[i], i)
-        got, bad = chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M)
+        got, bad = chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, SEG)
         assert got == plain
         assert bad == list(forged)
 
@@ -348,36 +349,36 @@ def test_two_forged_shares_among_all_are_outvoted() -> None:
 def test_three_forged_shares_fail() -> None:
     aead = make_aead()
     plain = payload_of(9000, seed=2)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
     offered = dict(enumerate(shares))
     for i in (0, 1, 3):
         offered[i] = _forge(shares[i], i)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M)
+        chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, SEG)
 
 
 def test_forged_share_with_exactly_k_shares_fails() -> None:
     aead = make_aead()
     plain = payload_of(9000)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
     offered = {i: shares[i] for i in range(K)}
     offered[1] = _forge(shares[1], 1)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M)
+        chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, SEG)
 
 
 def test_open_preferred_subset_only() -> None:
     """all_subsets=False (the one-hop fast path): no outvoting, a forgery is an error."""
     aead = make_aead()
     plain = payload_of(9000, seed=4)
-    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M)[0])
-    got, bad = chunk.open_(aead, cid_of(), OID, len(plain), dict(enumerate(shares)), K, M,
+    shares = as_bytes(chunk.seal(aead, cid_of(), OID, plain, K, M, SEG)[0])
+    got, bad = chunk.open_(aead, cid_of(), OID, len(plain), dict(enumerate(shares)), K, M, SEG,
                            all_subsets=False)
     assert (got, bad) == (plain, [])
     offered = dict(enumerate(shares))
     offered[0] = _forge(shares[0], 0)
     with pytest.raises(chunk.AuthenticationFailed):
-        chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, all_subsets=False)
+        chunk.open_(aead, cid_of(), OID, len(plain), offered, K, M, SEG, all_subsets=False)
 
 
 def test_associated_data_layout() -> None:

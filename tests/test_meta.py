@@ -575,7 +575,7 @@ def test_stats_and_stored_bytes(repo: MetaRepo) -> None:
     empty = repo.stats()
     assert (empty.files, empty.directories, empty.symlinks, empty.chunks,
             empty.logical_bytes, empty.sealed_bytes) == (0, 1, 0, 0, 0, 0)
-    assert repo.stored_bytes(3, 5) == 0
+    assert repo.stored_bytes(3, 5, 65536) == 0
 
     a, b = new_file(repo), new_file(repo)
     repo.create_inode(os.urandom(16), DIR, 0, 0, 2, 1)
@@ -594,7 +594,7 @@ def test_stats_and_stored_bytes(repo: MetaRepo) -> None:
     assert st.sealed_bytes == sum(sum(v) for v in lengths.values())
 
     all_lengths = [x for v in lengths.values() for x in v]
-    for k, n in [(3, 5), (1, 2), (4, 4), (2, 3)]:
-        expected = sum(n * erasure.share_size(chunkcodec.sealed_length(x), k)
+    for k, n, seg in [(3, 5, 65536), (1, 2, 4096), (4, 4, 1 << 20), (2, 3, 65536)]:
+        expected = sum(n * erasure.share_size(chunkcodec.sealed_length(x, seg), k)
                        for x in all_lengths)
-        assert repo.stored_bytes(k, n) == expected, (k, n)
+        assert repo.stored_bytes(k, n, seg) == expected, (k, n, seg)

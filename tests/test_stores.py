@@ -145,6 +145,23 @@ class TestStoreContract:
 
         assert run(main) == (b"", large)
 
+    def test_get_range(self, store: Store) -> None:
+        """Ranged reads: inside, across the end (short), past the end (empty), missing."""
+        data = os.urandom(300_000)
+
+        async def main():
+            await store.put(name_of(8), data)
+            got = [await store.get_range(name_of(8), off, n)
+                   for off, n in ((0, 10), (65_552, 131_088), (299_990, 100), (300_000, 5),
+                                  (400_000, 5))]
+            with pytest.raises(NoSuchObject):
+                await store.get_range(name_of(9), 0, 10)
+            return got
+
+        assert run(main) == [data[:10], data[65_552:196_640], data[299_990:], b"", b""]
+        if store.get_range_blocking is not None:
+            assert store.get_range_blocking(name_of(8), 7, 3) == data[7:10]
+
     def test_overwrite(self, store: Store) -> None:
         async def main():
             await store.put(name_of(5), b"first version, longer than the second")

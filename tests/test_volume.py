@@ -23,7 +23,7 @@ import trio
 from fusefs.codec.checksum import digest
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import MIN_CHUNK, VolumeConfig
-from fusefs.errors import ChunkUnrecoverable
+from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.stores.local import LocalStore
@@ -32,6 +32,7 @@ from fusefs.volume import Volume
 K, M = 3, 2
 N = K + M
 N_STORES = 5
+SEG = 4096  # small segments: a 64 KiB test chunk has 16, spread over the 3 data shares
 
 
 @dataclass
@@ -93,6 +94,7 @@ class AsyncOnlyStore(LocalStore):
     def __init__(self, root: str) -> None:
         super().__init__(root)
         self.get_blocking = None
+        self.get_range_blocking = None
 
 
 def build_env(tmp_path: Path, store_cls: type[LocalStore]):
@@ -103,7 +105,7 @@ def build_env(tmp_path: Path, store_cls: type[LocalStore]):
     volume_id = os.urandom(16)
     keys = VolumeKeys(os.urandom(32), volume_id)
     cfg = VolumeConfig(volume_id.hex(), K, M, MIN_CHUNK, [s.url for s in stores],
-                       keys.check_value)
+                       keys.check_value, segment_size=SEG)
 
     meta = MetaRepo(tmp_path / "meta.db", create=True)
     now = time.time_ns()
@@ -520,3 +522,89 @@ def test_make_durable_without_garbage(env: Env) -> None:
     trio.run(env.volume.make_durable)
     assert env.read(row) == b"only"
     assert len(env.all_objects()) == N
+
+
+# ------------------------------------------------------------------------------------------
+# segment reads (a small random read fetches only the segments it needs)
+# ------------------------------------------------------------------------------------------
+
+
+def read_span(env: Env, row: ChunkRow, start: int, end: int) -> bytes | None:
+    return trio.run(env.volume.read_span, env.file_id, row, start, end)
+
+
+def spans(length: int, seed: int = 0) -> list[tuple[int, int]]:
+    """Edge spans (first/last byte, segment and share boundaries) plus random ones."""
+    rng = random.Random(seed)
+    out = [(0, 1), (0, SEG), (SEG - 1, SEG + 1), (length - 1, length), (0, length),
+           (length // 3 - 5, length // 3 + 5), (2 * length // 3 - 1, 2 * length // 3 + 1)]
+    for _ in range(30):
+        a = rng.randrange(length)
+        out.append((a, rng.randrange(a + 1, min(length, a + 3 * SEG) + 1)))
+    return [(max(0, a), min(length, b)) for a, b in out if max(0, a) < min(length, b)]
+
+
+@BOTH_READ_PATHS
+@pytest.mark.parametrize("length", [1, SEG, 3 * SEG + 7, MIN_CHUNK])
+def test_read_span_returns_exactly_the_bytes(env: Env, length: int) -> None:
+    data = data_of(length, 7)
+    row = env.write(0, data)
+    for a, b in spans(length):
+        assert read_span(env, row, a, b) == data[a:b], (a, b)
+
+
+def _spans_touching(row: ChunkRow, share: int) -> list[tuple[int, int]]:
+    from fusefs.codec import chunk as chunkcodec
+    from fusefs.codec import erasure
+
+    size = erasure.share_size(chunkcodec.sealed_length(row.length, SEG), K)
+    touching = []
+    for a, b in spans(row.length, seed=share):
+        span = chunkcodec.segment_span(a, b, row.length, SEG)
+        if any(i == share for i, _, _ in span.pieces(size)):
+            touching.append((a, b))
+    return touching
+
+
+@BOTH_READ_PATHS
+@pytest.mark.parametrize("corrupt", list(CORRUPTORS))
+@pytest.mark.parametrize("share", range(K))
+def test_read_span_never_returns_wrong_bytes(env: Env, corrupt: str, share: int) -> None:
+    """A damaged data share makes a span read give up (None), never give wrong bytes; the
+    whole-chunk read then rebuilds the right bytes and heals."""
+    s = make_scene(env, length=MIN_CHUNK)
+    CORRUPTORS[corrupt](s, share)
+    whole_share = corrupt in ("delete", "truncate_to_zero", "rollback", "other_chunk_share",
+                              "other_chunk_other_share")
+    touching = _spans_touching(s.row, share)
+    assert touching
+    for a, b in touching:
+        got = read_span(env, s.row, a, b)
+        assert got is None or got == s.data[a:b], (corrupt, a, b)
+        if whole_share:
+            assert got is None, (corrupt, a, b)
+    assert env.events() == []  # a span read reports nothing: the whole-chunk read does
+    assert env.read(s.row) == s.data
+    assert_healed(s, (share,))
+    for a, b in touching:
+        assert read_span(env, s.row, a, b) == s.data[a:b]
+
+
+@BOTH_READ_PATHS
+def test_read_span_of_swapped_shares_gives_up(env: Env) -> None:
+    s = make_scene(env, length=MIN_CHUNK)
+    p0, p1 = env.path(s.row, 0), env.path(s.row, 1)
+    b0, b1 = p0.read_bytes(), p1.read_bytes()
+    p0.write_bytes(b1)
+    p1.write_bytes(b0)
+    for a, b in _spans_touching(s.row, 0) + _spans_touching(s.row, 1):
+        assert read_span(env, s.row, a, b) is None, (a, b)
+
+
+def test_read_span_with_a_store_down_gives_up(env: Env) -> None:
+    data = data_of(MIN_CHUNK, 9)
+    row = env.write(0, data)
+    env.volume.mark_down(row.placement[1], StoreError("test: store switched off"))
+    assert read_span(env, row, 0, 10) == data[:10]  # share 0 only
+    for a, b in _spans_touching(row, 1):
+        assert read_span(env, row, a, b) is None

@@ -1,13 +1,17 @@
 """Seal a plaintext chunk into verified shares, and open shares back into plaintext.
 
 Byte format of one chunk version (see docs/format.md):
-  nonce      = oid[:12]                      (oid: 16 random bytes per chunk version)
-  ad         = volume_id(16) | file_id(16) | index(u64 BE) | version(u64 BE)
-  ciphertext = AES-256-GCM(file key, nonce, plaintext, ad)   (plaintext + 16-byte tag)
+  segments   = the plaintext cut into `seg`-byte pieces (the last one shorter; >= 1 segment)
+  nonce(j)   = oid[:8] | j (u32 BE)           (oid: 16 random bytes per chunk version)
+  ad(j)      = volume_id(16) | file_id(16) | index(u64 BE) | version(u64 BE) | j (u32 BE)
+  ciphertext = AES-256-GCM(file key, nonce(j), segment j, ad(j)) for every j, concatenated
+               (each segment + its 16-byte tag)
   shares     = zfec(k, k+m) of ciphertext zero-padded to k * ceil(len/k)
   digests    = xxh3-128 of each share, kept in the metadata, never in the stores
 Binding index and version into `ad` makes a share moved to another file or position, or
 rolled back to an older version, fail authentication even if an attacker fixes checksums.
+Segments let a small read of a big chunk fetch and authenticate only the bytes it needs
+(`segment_span`, `open_segments`): the data shares are plain slices of the ciphertext.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fusefs.codec.checksum import digest
 
 TAG_LEN = 16
 _AD = struct.Struct(">16s16sQQ")
+_U32 = struct.Struct(">I")
 
 
 class AuthenticationFailed(Exception):
@@ -44,17 +49,55 @@ class ChunkId:
         return _AD.pack(self.volume_id, self.file_id, self.index, self.version)
 
 
-def sealed_length(plain_len: int) -> int:
-    """Ciphertext length (plaintext + GCM tag) of a chunk."""
-    return plain_len + TAG_LEN
+def segment_count(plain_len: int, seg: int) -> int:
+    return max(1, -(-plain_len // seg))
+
+
+def sealed_length(plain_len: int, seg: int) -> int:
+    """Ciphertext length (plaintext + one GCM tag per segment) of a chunk."""
+    return plain_len + TAG_LEN * segment_count(plain_len, seg)
+
+
+def encrypt_into(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, seg: int,
+                 out: bytearray) -> None:
+    """Encrypt every segment of `plain` into `out` (at least sealed_length bytes)."""
+    ad, prefix = cid.associated_data(), oid[:8]
+    view = memoryview(plain)
+    pos = 0
+    for j in range(segment_count(len(plain), seg)):
+        ct = aead.encrypt(prefix + _U32.pack(j), view[j * seg : (j + 1) * seg],
+                          ad + _U32.pack(j))
+        out[pos : pos + len(ct)] = ct
+        pos += len(ct)
+
+
+def decrypt_segments(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryview,
+                     first: int, plain_len: int, seg: int) -> bytes:
+    """Plaintext of the whole segments held by `ct`, the first of which is segment `first`.
+
+    Raises InvalidTag when any segment does not authenticate.
+    """
+    ad, prefix = cid.associated_data(), oid[:8]
+    view = memoryview(ct)
+    parts = []
+    pos, j = 0, first
+    while pos < len(view):
+        size = min(seg, plain_len - j * seg) + TAG_LEN
+        parts.append(aead.decrypt(prefix + _U32.pack(j), view[pos : pos + size],
+                                  ad + _U32.pack(j)))
+        pos += size
+        j += 1
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def seal(
-    aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int, m: int
+    aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int, m: int, seg: int
 ) -> tuple[list[erasure.Buffer], list[bytes]]:
     """Encrypt and erasure-code one chunk; return its n shares and their digests."""
-    ct = aead.encrypt(oid[:12], plain, cid.associated_data())
-    shares = erasure.encode(ct, k, m)
+    length = sealed_length(len(plain), seg)
+    padded = bytearray(k * erasure.share_size(length, k))  # zero padding included
+    encrypt_into(aead, cid, oid, plain, seg, padded)
+    shares = erasure.encode_padded(padded, k, m)
     return shares, [digest(s) for s in shares]
 
 
@@ -66,17 +109,17 @@ def open_(
     shares: Mapping[int, erasure.Buffer],
     k: int,
     m: int,
+    seg: int,
     all_subsets: bool = True,
 ) -> tuple[bytes, list[int]]:
     """Rebuild and decrypt a chunk from checksum-valid shares.
 
     Tries the preferred k shares first (the data shares when present: no decode), then every
     other k-subset (unless `all_subsets` is false), so a share whose checksum was forged is
-    outvoted. Returns the plaintext and
-    the share numbers proven bad: shares that do not re-encode from the winning subset.
+    outvoted. Returns the plaintext and the share numbers proven bad: shares that do not
+    re-encode from the winning subset.
     """
-    ad = cid.associated_data()
-    length = sealed_length(plain_len)
+    length = sealed_length(plain_len, seg)
     nums = sorted(shares)
     if len(nums) < k:
         raise AuthenticationFailed(f"only {len(nums)} of {k} shares available")
@@ -87,7 +130,7 @@ def open_(
     for attempt, subset in enumerate(subsets):
         ct = erasure.decode({i: shares[i] for i in subset}, k, m, length)
         try:
-            plain = aead.decrypt(oid[:12], ct, ad)
+            plain = decrypt_segments(aead, cid, oid, ct, 0, plain_len, seg)
         except InvalidTag:
             continue
         if attempt == 0 and len(nums) == k:
@@ -97,3 +140,31 @@ def open_(
         bad = [i for i in nums if bytes(shares[i]) != bytes(expected[i])]
         return plain, bad
     raise AuthenticationFailed("no subset of shares authenticates")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where the plaintext bytes [start, end) of a chunk live in its ciphertext."""
+
+    first: int  # first segment
+    ct_start: int  # ciphertext bytes [ct_start, ct_end) hold the segments
+    ct_end: int
+    skip: int  # plaintext bytes of the first segment before `start`
+
+    def pieces(self, share_size: int) -> list[tuple[int, int, int]]:
+        """(data share, offset, length) reads that together give ct[ct_start:ct_end]."""
+        out = []
+        pos = self.ct_start
+        while pos < self.ct_end:
+            share, off = divmod(pos, share_size)
+            n = min(share_size - off, self.ct_end - pos)
+            out.append((share, off, n))
+            pos += n
+        return out
+
+
+def segment_span(start: int, end: int, plain_len: int, seg: int) -> Span:
+    """The whole segments covering plaintext [start, end) of a `plain_len`-byte chunk."""
+    first, last = start // seg, (max(end, start + 1) - 1) // seg
+    ct_end = min((last + 1) * (seg + TAG_LEN), sealed_length(plain_len, seg))
+    return Span(first, first * (seg + TAG_LEN), ct_end, start - first * seg)

@@ -25,7 +25,13 @@ def share_size(length: int, k: int) -> int:
 def encode(payload: Buffer, k: int, m: int) -> list[Buffer]:
     """Split `payload` into k data shares and compute m parity shares (n = k + m in all)."""
     size = share_size(len(payload), k)
-    padded = bytes(payload) + bytes(k * size - len(payload))
+    return encode_padded(bytes(payload) + bytes(k * size - len(payload)), k, m)
+
+
+def encode_padded(padded: Buffer, k: int, m: int) -> list[Buffer]:
+    """`encode` of a payload already zero-padded to k * share_size: no copy of the data
+    shares (they are views of `padded`, which must not change afterwards)."""
+    size = len(padded) // k
     view = memoryview(padded)
     data = [view[i * size : (i + 1) * size] for i in range(k)]
     if m == 0:

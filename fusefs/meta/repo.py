@@ -343,8 +343,10 @@ class MetaRepo:
         chunks, sealed = self.db.execute("SELECT COUNT(*), SUM(length) FROM chunks").fetchone()
         return Stats(f or 0, d or 0, s or 0, chunks or 0, logical or 0, sealed or 0)
 
-    def stored_bytes(self, k: int, n: int) -> int:
-        """Bytes of all shares in the stores: n shares of ceil((length + 16) / k) per chunk."""
-        row = self.db.execute("SELECT SUM((length + 16 + ? - 1) / ?) FROM chunks",
-                              (k, k)).fetchone()
+    def stored_bytes(self, k: int, n: int, seg: int) -> int:
+        """Bytes of all shares in the stores: n shares of ceil(sealed length / k) per chunk,
+        the sealed length being the plaintext plus a 16-byte tag per `seg`-byte segment."""
+        row = self.db.execute(
+            "SELECT SUM((length + 16 * MAX(1, (length + ? - 1) / ?) + ? - 1) / ?) FROM chunks",
+            (seg, seg, k, k)).fetchone()
         return (row[0] or 0) * n

@@ -28,11 +28,17 @@ class Store(ABC):
     # Stores whose reads are cheap blocking calls (local disks) also offer them as a plain
     # function, so the volume can read and verify a whole chunk in one worker-thread hop.
     get_blocking: Callable[[str], bytes] | None = None
+    get_range_blocking: Callable[[str, int, int], bytes] | None = None
     put_blocking: Callable[[str, bytes | memoryview], None] | None = None
 
     @abstractmethod
     async def get(self, name: str) -> bytes:
         """Return the object's bytes; raise NoSuchObject when absent."""
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """Up to `length` bytes of the object from `offset` (fewer at its end); raise
+        NoSuchObject when absent. Small reads of big chunks fetch only what they need."""
+        return (await self.get(name))[offset : offset + length]
 
     @abstractmethod
     async def put(self, name: str, data: bytes | memoryview) -> None:

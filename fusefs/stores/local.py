@@ -34,6 +34,7 @@ class LocalStore(Store):
         self._limiter = trio.CapacityLimiter(_IO_THREADS)
         self._dirty = False
         self.get_blocking = self._get_sync
+        self.get_range_blocking = self._get_range_sync
         self.put_blocking = self._put_blocking
 
     def _put_blocking(self, name: str, data: bytes | memoryview) -> None:
@@ -55,15 +56,27 @@ class LocalStore(Store):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     # -- blocking parts, run in worker threads ------------------------------------------
-    def _get_sync(self, name: str) -> bytes:
+    def _open(self, name: str) -> int:
         try:
-            fd = os.open(self._path(name), os.O_RDONLY)
+            return os.open(self._path(name), os.O_RDONLY)
         except FileNotFoundError:
             if not self.root.is_dir():  # the whole store is gone (unmounted disk?)
                 raise StoreError(f"store {self.url} is unavailable (directory missing)") from None
             raise NoSuchObject(f"store {self.url}: object {name} is missing") from None
         except OSError as e:
             raise self._error("read", name, e) from None
+
+    def _get_range_sync(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._open(name)
+        try:
+            return os.pread(fd, length, offset)  # short only at the end of the object
+        except OSError as e:
+            raise self._error("read", name, e) from None
+        finally:
+            os.close(fd)
+
+    def _get_sync(self, name: str) -> bytes:
+        fd = self._open(name)
         try:
             size = os.fstat(fd).st_size
             data = os.read(fd, size)
@@ -153,6 +166,10 @@ class LocalStore(Store):
         # the thread behind instead of hanging with it.
         return await trio.to_thread.run_sync(self._get_sync, name, limiter=self._limiter,
                                              abandon_on_cancel=True)
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return await trio.to_thread.run_sync(self._get_range_sync, name, offset, length,
+                                             limiter=self._limiter, abandon_on_cancel=True)
 
     async def put(self, name: str, data: bytes | memoryview) -> None:
         await self._run(self._put_sync, name, data)
