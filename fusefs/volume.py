@@ -243,7 +243,7 @@ class Volume:
         # Shares of unreachable stores are not known to be bad: scrub checks them later.
         known_bad = {i: why for i, why in bad.items() if why != UNREACHABLE}
         if known_bad:
-            await self.healer.heal_later(ino, row, good, known_bad)
+            await self.healer.heal_later(ino, row, good, known_bad, (file_id, plain))
         return plain
 
     async def read_span(self, file_id: bytes, row: ChunkRow, start: int, end: int
@@ -434,6 +434,10 @@ class Volume:
         shares are good or they do not authenticate; the careful async path takes over.
         """
         errors: dict[int, StoreError] = {}
+        for i in range(self.k):
+            hint = self.stores[row.placement[i]].will_need_blocking
+            if hint is not None and row.placement[i] not in down:
+                hint(self.keys.object_name(row.oid, i))
         for i in range(self.n):
             if len(good) == self.k:
                 break

@@ -59,5 +59,19 @@ def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> memoryv
 
 def regenerate(payload: Buffer, k: int, m: int, wanted: Sequence[int]) -> dict[int, Buffer]:
     """Recompute the exact bytes of shares `wanted` from the full payload (for repair)."""
-    shares = encode(payload, k, m)
-    return {i: shares[i] for i in wanted}
+    size = share_size(len(payload), k)
+    return regenerate_padded(bytes(payload) + bytes(k * size - len(payload)), k, m, wanted)
+
+
+def regenerate_padded(padded: Buffer, k: int, m: int, wanted: Sequence[int]
+                      ) -> dict[int, Buffer]:
+    """`regenerate` from the zero-padded payload: data shares are slices, and only the
+    wanted parity shares are computed (one parity costs half of encoding two)."""
+    size = len(padded) // k
+    view = memoryview(padded)
+    data = tuple(view[i * size : (i + 1) * size] for i in range(k))
+    out: dict[int, Buffer] = {i: data[i] for i in wanted if i < k}
+    parity = sorted(i for i in wanted if i >= k)
+    if parity:
+        out.update(zip(parity, zfec.Encoder(k, k + m).encode(data, tuple(parity)), strict=True))
+    return out

@@ -29,6 +29,9 @@ class Store(ABC):
     # function, so the volume can read and verify a whole chunk in one worker-thread hop.
     get_blocking: Callable[[str], bytes] | None = None
     get_range_blocking: Callable[[str, int, int], bytes] | None = None
+    # Start reading an object into the page cache without waiting (several shares of a chunk
+    # then come off the disk in parallel although they are read one after the other).
+    will_need_blocking: Callable[[str], None] | None = None
     put_blocking: Callable[[str, bytes | memoryview], None] | None = None
 
     @abstractmethod

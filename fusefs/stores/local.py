@@ -35,6 +35,7 @@ class LocalStore(Store):
         self._dirty = False
         self.get_blocking = self._get_sync
         self.get_range_blocking = self._get_range_sync
+        self.will_need_blocking = self._will_need_sync
         self.put_blocking = self._put_blocking
 
     def _put_blocking(self, name: str, data: bytes | memoryview) -> None:
@@ -65,6 +66,18 @@ class LocalStore(Store):
             raise NoSuchObject(f"store {self.url}: object {name} is missing") from None
         except OSError as e:
             raise self._error("read", name, e) from None
+
+    def _will_need_sync(self, name: str) -> None:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except OSError:
+            return  # the read that follows reports it
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _get_range_sync(self, name: str, offset: int, length: int) -> bytes:
         fd = self._open(name)
