@@ -23,6 +23,7 @@ from fusefs.volume import Volume
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT_CHUNKS = 8  # chunks being sealed/stored at once; bounds write-behind memory
+SEQUENTIAL_SLACK = 1 << 20  # bytes: the largest FUSE read request
 READAHEAD_CHUNKS = 4  # chunks fetched ahead of a sequential reader (stores work in parallel)
 
 
@@ -89,8 +90,8 @@ class FileData:
         self.dirty: dict[int, bytearray] = {}
         self.inflight: dict[int, tuple[trio.Event, bytes]] = {}
         self.error: Exception | None = None  # a background write failed: report at flush
-        self._next_read = 0  # chunk a sequential reader will ask for next (a read from the
-        #                      start is taken as sequential: whole chunks, readahead at once)
+        self._next_off = 0  # where a sequential reader reads next (a read from the start
+        #                     counts as sequential: whole chunks and readahead at once)
 
     # -- reading -------------------------------------------------------------------------
     async def load(self, row: ChunkRow) -> bytes:
@@ -114,10 +115,16 @@ class FileData:
             done.set()
         return data
 
-    def _readahead(self, first: int, last: int) -> bool:
-        """On sequential access, fetch the next chunks in the background; True if it is."""
-        sequential = first in (self._next_read, self._next_read - 1)
-        self._next_read = last + 1
+    def _readahead(self, off: int, end: int) -> bool:
+        """On sequential access, fetch the next chunks in the background; True if it is.
+
+        Sequential means starting within one FUSE request of where the last read ended (the
+        kernel's readahead requests may overtake one another); by chunk index, random reads
+        that happen to hit the same chunk twice would fetch whole chunks and more.
+        """
+        sequential = abs(off - self._next_off) <= SEQUENTIAL_SLACK
+        self._next_off = end
+        last = (end - 1) // self.cs
         nursery = self.flusher.nursery
         if not sequential or nursery is None:
             return sequential
@@ -172,7 +179,7 @@ class FileData:
             return b""
         parts = []
         first, last = off // self.cs, (end - 1) // self.cs
-        random_access = not self._readahead(first, last)
+        random_access = not self._readahead(off, end)
         try:
             for idx in range(first, last + 1):
                 start = idx * self.cs
