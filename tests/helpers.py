@@ -1,3 +1,4 @@
+
 """Helpers for the real-mount tests: running the CLI, mounting and always unmounting, file trees.
 
 Everything here talks to fusefs only through its command-line contract (`python -m fusefs ...`)
@@ -27,6 +28,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fusefs.stores.local import object_relpath
 
 FUSEFS = [sys.executable, "-m", "fusefs"]
 KiB = 1024
@@ -588,7 +591,7 @@ class ShareLoc:
     share: int  # share number: 0..K-1 data shares (what a healthy read fetches), then parity
     store: int  # index of the store holding it (placement byte)
     name: str  # object name
-    file: Path  # STORE/objects/<name[:2]>/<name>
+    file: Path  # STORE/objects/<name[0]>/<name>
     digest: bytes  # the share's recorded xxh3-128
 
 
@@ -634,7 +637,7 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
         for i, si in enumerate(placement):
             name = keys.object_name(oid, i)
             shares.append(ShareLoc(path_of(ino), ino, idx, i, si, name,
-                                   vol.stores[si] / "objects" / name[:2] / name,
+                                   vol.stores[si] / object_relpath(name),
                                    bytes(digests[16 * i : 16 * i + 16])))
         out.setdefault(shares[0].path, []).append(shares)
     return out

@@ -21,7 +21,7 @@ from fusefs.config import MIN_CHUNK, VolumeConfig
 from fusefs.errors import StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import MetaRepo
-from fusefs.stores.local import LocalStore
+from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.volume import HEDGE_DELAY, Volume
 
 K, M, N = 3, 2, 5
@@ -110,6 +110,6 @@ def test_writes_continue_at_quorum_and_queue_the_missing_share(vol) -> None:
         assert left == 0 and repaired in (1, 2)
         (i,) = missing
         name = volume.keys.object_name(row.oid, i)
-        assert (dirs[row.placement[i]] / "objects" / name[:2] / name).is_file()
+        assert (dirs[row.placement[i]] / object_relpath(name)).is_file()
 
     trio.run(main)

@@ -38,6 +38,8 @@ from helpers import (
     wait_until,
 )
 
+from fusefs.stores.local import object_relpath
+
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 
@@ -111,12 +113,12 @@ def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path)
 
     # a planted object with a name nobody uses, and a real share copied to a store that
     # does not hold it (its name is referenced, but not on that store)
-    planted = vol.stores[1] / "objects" / "ab" / ("ab" + os.urandom(15).hex())
+    planted = vol.stores[1] / object_relpath("ab" + os.urandom(15).hex())
     planted.parent.mkdir(exist_ok=True)
     planted.write_bytes(os.urandom(4096))
     real = share_map(vol)["/a.bin"][0][0]
     other = next(i for i in range(5) if i != real.store and i != 1)
-    copied = vol.stores[other] / "objects" / real.name[:2] / real.name
+    copied = vol.stores[other] / object_relpath(real.name)
     copied.parent.mkdir(exist_ok=True)
     copied.write_bytes(real.file.read_bytes())
     orphans = {1: planted, other: copied}

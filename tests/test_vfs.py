@@ -24,7 +24,7 @@ from fusefs.config import MIN_CHUNK, VolumeConfig
 from fusefs.errors import FsError
 from fusefs.events import EventLog
 from fusefs.meta.repo import ROOT_INODE, MetaRepo
-from fusefs.stores.local import LocalStore
+from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, FileSystem
 from fusefs.volume import Volume
 
@@ -278,7 +278,7 @@ def test_unrecoverable_chunk_is_eio(env: Env) -> None:
     row = env.meta.get_chunk(ino, 1)
     for i in range(3):  # 3 of 5 shares gone: k=3 cannot be met
         name = env.volume.keys.object_name(row.oid, i)
-        (env.store_dirs[row.placement[i]] / "objects" / name[:2] / name).unlink()
+        (env.store_dirs[row.placement[i]] / object_relpath(name)).unlink()
     fresh = env.fresh_fs()
 
     async def main():

@@ -26,7 +26,7 @@ from fusefs.config import MIN_CHUNK, VolumeConfig
 from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import ChunkRow, MetaRepo
-from fusefs.stores.local import LocalStore
+from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.volume import Volume
 
 K, M = 3, 2
@@ -47,7 +47,7 @@ class Env:
     # -- helpers -------------------------------------------------------------------------
     def path(self, row: ChunkRow, share: int) -> Path:
         name = self.volume.keys.object_name(row.oid, share)
-        return self.store_dirs[row.placement[share]] / "objects" / name[:2] / name
+        return self.store_dirs[row.placement[share]] / object_relpath(name)
 
     def all_objects(self) -> set[Path]:
         return {p for d in self.store_dirs for p in (d / "objects").rglob("*") if p.is_file()}

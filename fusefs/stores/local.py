@@ -1,6 +1,6 @@
 """A store in a local directory (a disk, an NFS mount, ...).
 
-Layout: ROOT/fusefs-store (marker) and ROOT/objects/<2 hex>/<name>. Puts write a temporary
+Layout: ROOT/fusefs-store (marker) and ROOT/objects/<1 hex>/<name>. Puts write a temporary
 file and rename it into place, so an object is never seen half-written. Durability is
 batched: `sync` calls syncfs(2) on the store's filesystem once, instead of an fsync per
 share (5 fsyncs per chunk would dominate write time).
@@ -22,6 +22,16 @@ from fusefs.stores.base import MARKER, Store
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _IO_THREADS = 8  # concurrent blocking calls per store
+# Objects are spread over 16 directories by their first hex digit. Fewer, bigger directories
+# mean fewer cold directory blocks to read: a cold open+read of a share took ~150-185 us
+# with 256 directories, ~130 us with 16 (ext4, measured); htree directories stay fast with
+# millions of entries.
+FANOUT_DIGITS = 1
+
+
+def object_relpath(name: str) -> str:
+    """Where an object lives below the store root."""
+    return f"objects/{name[:FANOUT_DIGITS]}/{name}"
 
 
 class LocalStore(Store):
@@ -46,7 +56,7 @@ class LocalStore(Store):
         # plain strings: pathlib costs microseconds per join on the read hot path
         if name == MARKER:
             return self._root_str + MARKER
-        return f"{self._objects_str}{name[:2]}/{name}"
+        return f"{self._root_str}{object_relpath(name)}"
 
     def _error(self, what: str, name: str, e: OSError) -> StoreError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
