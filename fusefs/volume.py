@@ -438,6 +438,10 @@ class Volume:
             hint = self.stores[row.placement[i]].will_need_blocking
             if hint is not None and row.placement[i] not in down:
                 hint(self.keys.object_name(row.oid, i))
+        sealed = chunkcodec.sealed_length(row.length, self.seg)
+        size = erasure.share_size(sealed, self.k)
+        buf = memoryview(bytearray(self.k * size))  # the data shares, side by side
+        contiguous = True  # every data share was read into buf
         for i in range(self.n):
             if len(good) == self.k:
                 break
@@ -445,9 +449,18 @@ class Volume:
             if si in down:
                 bad[i] = UNREACHABLE
                 continue
+            store = self.stores[si]
+            name = self.keys.object_name(row.oid, i)
+            data: bytes | memoryview
             try:
-                data = self.stores[si].get_blocking(  # type: ignore[misc]
-                    self.keys.object_name(row.oid, i))
+                if i < self.k and store.read_into_blocking is not None:
+                    data = buf[i * size : (i + 1) * size]
+                    if store.read_into_blocking(name, data) != size:
+                        bad[i] = CHECKSUM  # truncated or extended
+                        continue
+                else:
+                    data = store.get_blocking(name)  # type: ignore[misc]
+                    contiguous = contiguous and i >= self.k
             except NoSuchObject:
                 bad[i] = MISSING
                 continue
@@ -462,10 +475,16 @@ class Volume:
         if len(good) < self.k:
             raise _NotHealthy(errors)
         cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+        aead = self.keys.file_aead(file_id)
         try:
-            plain, _ = chunkcodec.open_(self.keys.file_aead(file_id), cid, row.oid, row.length,
-                                        good, self.k, self.m, self.seg, all_subsets=False)
-        except chunkcodec.AuthenticationFailed:
+            if all(i in good for i in range(self.k)) and contiguous:
+                # healthy: the ciphertext already lies contiguous in buf
+                plain = chunkcodec.decrypt_segments(aead, cid, row.oid, buf[:sealed], 0,
+                                                    row.length, self.seg)
+            else:
+                plain, _ = chunkcodec.open_(aead, cid, row.oid, row.length, good, self.k,
+                                            self.m, self.seg, all_subsets=False)
+        except (chunkcodec.AuthenticationFailed, InvalidTag):
             raise _NotHealthy(errors) from None
         return plain, errors
 

@@ -62,32 +62,44 @@ def encrypt_into(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryvi
                  out: bytearray) -> None:
     """Encrypt every segment of `plain` into `out` (at least sealed_length bytes)."""
     ad, prefix = cid.associated_data(), oid[:8]
-    view = memoryview(plain)
+    view, dest = memoryview(plain), memoryview(out)
     pos = 0
     for j in range(segment_count(len(plain), seg)):
-        ct = aead.encrypt(prefix + _U32.pack(j), view[j * seg : (j + 1) * seg],
-                          ad + _U32.pack(j))
-        out[pos : pos + len(ct)] = ct
-        pos += len(ct)
+        piece = view[j * seg : (j + 1) * seg]
+        end = pos + len(piece) + TAG_LEN
+        aead.encrypt_into(prefix + _U32.pack(j), piece, ad + _U32.pack(j), dest[pos:end])
+        pos = end
 
 
 def decrypt_segments(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryview,
-                     first: int, plain_len: int, seg: int) -> bytes:
-    """Plaintext of the whole segments held by `ct`, the first of which is segment `first`.
+                     first: int, plain_len: int, seg: int) -> bytearray:
+    """Plaintext of the whole segments held by `ct`, the first of which is segment `first`,
+    decrypted into one new buffer (no per-segment copies; callers never modify it).
 
-    Raises InvalidTag when any segment does not authenticate.
+    Raises InvalidTag when any segment does not authenticate (or `ct` is cut short).
     """
     ad, prefix = cid.associated_data(), oid[:8]
     view = memoryview(ct)
-    parts = []
+    sizes = []
     pos, j = 0, first
     while pos < len(view):
-        size = min(seg, plain_len - j * seg) + TAG_LEN
-        parts.append(aead.decrypt(prefix + _U32.pack(j), view[pos : pos + size],
-                                  ad + _U32.pack(j)))
-        pos += size
+        size = min(seg, plain_len - j * seg)
+        if size < 0:
+            raise InvalidTag
+        sizes.append(size)
+        pos += size + TAG_LEN
         j += 1
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    out = bytearray(sum(sizes))
+    dest = memoryview(out)
+    pos = at = 0
+    for j, size in enumerate(sizes, first):
+        end = pos + size + TAG_LEN
+        if end > len(view):
+            raise InvalidTag
+        aead.decrypt_into(prefix + _U32.pack(j), view[pos:end], ad + _U32.pack(j),
+                          dest[at : at + size])
+        pos, at = end, at + size
+    return out
 
 
 def seal(
@@ -111,7 +123,7 @@ def open_(
     m: int,
     seg: int,
     all_subsets: bool = True,
-) -> tuple[bytes, list[int]]:
+) -> tuple[bytearray, list[int]]:
     """Rebuild and decrypt a chunk from checksum-valid shares.
 
     Tries the preferred k shares first (the data shares when present: no decode), then every

@@ -46,6 +46,7 @@ class LocalStore(Store):
         self.get_blocking = self._get_sync
         self.get_range_blocking = self._get_range_sync
         self.will_need_blocking = self._will_need_sync
+        self.read_into_blocking = self._read_into_sync
         self.put_blocking = self._put_blocking
 
     def _put_blocking(self, name: str, data: bytes | memoryview) -> None:
@@ -86,6 +87,22 @@ class LocalStore(Store):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
+        finally:
+            os.close(fd)
+
+    def _read_into_sync(self, name: str, view: memoryview) -> int:
+        fd = self._open(name)
+        try:
+            size = os.fstat(fd).st_size
+            got = 0
+            while got < min(size, len(view)):
+                n = os.preadv(fd, [view[got:]], got)
+                if n == 0:
+                    break
+                got += n
+            return size if got == min(size, len(view)) else got
+        except OSError as e:
+            raise self._error("read", name, e) from None
         finally:
             os.close(fd)
 
