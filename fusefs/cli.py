@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="store URL: file:///abs/path or /abs/path (repeat, one per store)")
     s.add_argument("--data-shares", type=int, metavar="K", help="shares needed to read (K)")
     s.add_argument("--parity-shares", type=int, metavar="M", help="stores that may fail (M)")
-    s.add_argument("--chunk-size", metavar="SIZE", default="1M", help="chunk size (default 1M)")
+    s.add_argument("--chunk-size", metavar="SIZE", default="4M", help="chunk size (default 4M)")
     s.add_argument("--segment-size", metavar="SIZE",
                    help="encryption unit inside a chunk (default 64K): the least a read fetches")
     s.add_argument("--key-file", metavar="PATH",

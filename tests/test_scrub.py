@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 
 def test_scrub_while_streaming_a_large_file(volume, mounter: Mounter, tmp_path: Path):
-    vol = volume()  # 1 MiB chunks
+    vol = volume(chunk_size=MiB)
     big = rand_bytes(40 * MiB + 123, "big")
     mnt = mounter.mount(vol, tmp_path / "mnt")
     (mnt / "big.bin").write_bytes(big)
