@@ -96,19 +96,23 @@ class FileSystem:
 
     # -- lookups and attributes ----------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> InodeRow:
+        """One query when the name exists: a dentry's parent is always a directory, so
+        the parent is only checked (ENOENT/ENOTDIR) when the name is not found."""
+        if name != b"." and name != b"..":
+            row = self.meta.lookup_inode(parent, name)
+            if row is None:
+                self._dir(parent)
+                if len(name) > NAME_MAX:
+                    raise FsError(errno.ENAMETOOLONG)
+                raise FsError(errno.ENOENT)
+            self._remember(row.id)
+            return self._overlay(row)
         self._dir(parent)
-        if len(name) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             ino = parent
-        elif name == b"..":
+        else:
             entry = self.meta.parent_of(parent)
             ino = entry[0] if entry else ROOT_INODE
-        else:
-            found = self.meta.lookup(parent, name)
-            if found is None:
-                raise FsError(errno.ENOENT)
-            ino = found
         row = self.attr(ino)
         self._remember(ino)
         return row

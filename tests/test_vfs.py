@@ -402,6 +402,17 @@ def test_lookup_dot_and_dotdot(env: Env) -> None:
     assert errno_of(e) == errno.ENOENT
 
 
+def test_lookup_errors_of_the_parent(env: Env) -> None:
+    """The parent is checked only when the name is missing: the errors must not change."""
+    f = run(write_file, env.fs, b"f", b"x")
+    for parent, name, err in [(f, b"x", errno.ENOTDIR), (f, b".", errno.ENOTDIR),
+                              (9999, b"x", errno.ENOENT), (ROOT_INODE, b"n" * 256,
+                                                           errno.ENAMETOOLONG)]:
+        with pytest.raises(FsError) as e:
+            env.fs.lookup(parent, name)
+        assert errno_of(e) == err, (parent, name)
+
+
 def test_rename_replacing_a_target(env: Env) -> None:
     async def main():
         a = await write_file(env.fs, b"a", b"AAAA")
