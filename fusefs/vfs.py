@@ -27,6 +27,7 @@ XATTR_SIZE_MAX = 65536
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 DEFAULT_CACHE_BYTES = 64 << 20
+_LOOKED_UP_MAX = 256  # rows kept for an open that follows their lookup
 
 
 @dataclass
@@ -48,6 +49,14 @@ class FileSystem:
         self.handles: dict[int, Handle] = {}
         self.files: dict[int, FileData] = {}
         self._next_fh = 1
+        # The kernel opens a file right after looking it up: open reuses the row that lookup
+        # read instead of querying it again, but only while `meta.total_changes()` still
+        # equals `_looked_up_gen`. We hold the only connection that writes the volume while
+        # it is mounted (the volume lock), and every INSERT/UPDATE/DELETE through it bumps
+        # the counter (a rolled-back one too), so an unchanged counter proves the row
+        # unchanged. The rows are read-only snapshots (`_overlay` copies before changing).
+        self._looked_up: dict[int, InodeRow] = {}
+        self._looked_up_gen = -1
 
     # -- helpers -------------------------------------------------------------------------
     def _inode(self, ino: int) -> InodeRow:
@@ -96,19 +105,28 @@ class FileSystem:
 
     # -- lookups and attributes ----------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> InodeRow:
+        """One query when the name exists: a dentry's parent is always a directory, so
+        the parent is only checked (ENOENT/ENOTDIR) when the name is not found."""
+        if name != b"." and name != b"..":
+            row = self.meta.lookup_inode(parent, name)
+            if row is None:
+                self._dir(parent)
+                if len(name) > NAME_MAX:
+                    raise FsError(errno.ENAMETOOLONG)
+                raise FsError(errno.ENOENT)
+            gen = self.meta.total_changes()
+            if gen != self._looked_up_gen or len(self._looked_up) >= _LOOKED_UP_MAX:
+                self._looked_up.clear()
+                self._looked_up_gen = gen
+            self._looked_up[row.id] = row
+            self._remember(row.id)
+            return self._overlay(row)
         self._dir(parent)
-        if len(name) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG)
         if name == b".":
             ino = parent
-        elif name == b"..":
+        else:
             entry = self.meta.parent_of(parent)
             ino = entry[0] if entry else ROOT_INODE
-        else:
-            found = self.meta.lookup(parent, name)
-            if found is None:
-                raise FsError(errno.ENOENT)
-            ino = found
         row = self.attr(ino)
         self._remember(ino)
         return row
@@ -367,8 +385,15 @@ class FileSystem:
             del self.files[fd.ino]
             self._maybe_delete(fd.ino)
 
+    def _row_for_open(self, ino: int) -> InodeRow:
+        """The row `lookup` just read if no row changed since, else a query."""
+        row = self._looked_up.pop(ino, None)
+        if row is None or self._looked_up_gen != self.meta.total_changes():
+            return self._inode(ino)
+        return row
+
     async def open(self, ino: int, flags: int) -> int:
-        row = self._inode(ino)
+        row = self._row_for_open(ino)
         if stat.S_ISDIR(row.mode):
             raise FsError(errno.EISDIR)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY

@@ -264,6 +264,8 @@ def test_dentries_add_lookup_move_remove(repo: MetaRepo) -> None:
     assert repo.lookup(ROOT_INODE, b"sub") == sub
     assert repo.lookup(sub, b"f\xffbin") == f
     assert repo.lookup(ROOT_INODE, b"f\xffbin") is None
+    assert repo.lookup_inode(sub, b"f\xffbin") == repo.get_inode(f)
+    assert repo.lookup_inode(ROOT_INODE, b"f\xffbin") is None
     assert repo.has_children(sub) and repo.has_children(ROOT_INODE)
     assert repo.parent_of(sub) == (ROOT_INODE, b"sub")
 

@@ -402,6 +402,51 @@ def test_lookup_dot_and_dotdot(env: Env) -> None:
     assert errno_of(e) == errno.ENOENT
 
 
+def test_lookup_errors_of_the_parent(env: Env) -> None:
+    """The parent is checked only when the name is missing: the errors must not change."""
+    f = run(write_file, env.fs, b"f", b"x")
+    for parent, name, err in [(f, b"x", errno.ENOTDIR), (f, b".", errno.ENOTDIR),
+                              (9999, b"x", errno.ENOENT), (ROOT_INODE, b"n" * 256,
+                                                           errno.ENAMETOOLONG)]:
+        with pytest.raises(FsError) as e:
+            env.fs.lookup(parent, name)
+        assert errno_of(e) == err, (parent, name)
+
+
+def test_open_after_lookup_sees_changes_in_between(env: Env) -> None:
+    """open reuses the row lookup read only while nothing changed in the database."""
+    async def main():
+        ino = await write_file(env.fs, b"f", data_of(3000))
+        assert env.fs.lookup(ROOT_INODE, b"f").size == 3000
+        await env.fs.setattr(ino, size=1000)  # commits the new size, no FileData left
+        assert ino not in env.fs.files
+        assert await read_all(env.fs, ino) == data_of(3000)[:1000]
+        assert env.fs.lookup(ROOT_INODE, b"f").size == 1000
+        fh = await env.fs.open(ino, RW)
+        await env.fs.write(fh, 1000, b"y" * 500)
+        await env.fs.release(fh)
+        env.fs.lookup(ROOT_INODE, b"f")
+        other = await write_file(env.fs, b"g", b"z")  # another file changes: still coherent
+        assert await read_all(env.fs, ino) == data_of(3000)[:1000] + b"y" * 500
+        assert await read_all(env.fs, other) == b"z"
+
+    run(main)
+
+
+def test_open_after_lookup_of_an_unlinked_file(env: Env) -> None:
+    async def main():
+        ino = await write_file(env.fs, b"f", b"data")
+        env.fs.lookup(ROOT_INODE, b"f")
+        env.fs.unlink(ROOT_INODE, b"f")
+        assert await read_all(env.fs, ino) == b"data"  # the kernel's reference keeps it
+        env.fs.forget(ino, 2)  # create and lookup each took one
+        with pytest.raises(FsError) as e:
+            await env.fs.open(ino, os.O_RDONLY)
+        assert errno_of(e) == errno.ENOENT
+
+    run(main)
+
+
 def test_rename_replacing_a_target(env: Env) -> None:
     async def main():
         a = await write_file(env.fs, b"a", b"AAAA")

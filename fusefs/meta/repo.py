@@ -23,6 +23,7 @@ ROOT_INODE = 1
 _WAL_CHECKPOINT_BYTES = 64 << 20  # checkpoint at a durable point once the WAL grows past this
 
 _INODE_COLS = "id, file_id, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, target"
+_INODE_COLS_I = ", ".join(f"i.{c.strip()}" for c in _INODE_COLS.split(","))
 
 
 @dataclass(slots=True)
@@ -173,6 +174,13 @@ class MetaRepo:
                               (parent, name)).fetchone()
         return row[0] if row else None
 
+    def lookup_inode(self, parent: int, name: bytes) -> InodeRow | None:
+        """The inode a name points to, in one query (a FUSE lookup per file opened)."""
+        row = self.db.execute(
+            f"SELECT {_INODE_COLS_I} FROM dentries d JOIN inodes i ON i.id = d.inode"
+            " WHERE d.parent=? AND d.name=?", (parent, name)).fetchone()
+        return InodeRow(*row) if row else None
+
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
         self.db.execute("INSERT INTO dentries (parent, name, inode) VALUES (?,?,?)",
                         (parent, name, ino))
@@ -199,9 +207,8 @@ class MetaRepo:
 
     def readdir(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, InodeRow]]:
         """Entries with cookie > after, in cookie order, joined with their inodes."""
-        cols = ", ".join(f"i.{c.strip()}" for c in _INODE_COLS.split(","))
         rows = self.db.execute(
-            f"SELECT d.id, d.name, {cols} FROM dentries d JOIN inodes i ON i.id = d.inode"
+            f"SELECT d.id, d.name, {_INODE_COLS_I} FROM dentries d JOIN inodes i ON i.id = d.inode"
             " WHERE d.parent=? AND d.id>? ORDER BY d.id LIMIT ?", (parent, after, limit))
         return [(r[0], r[1], InodeRow(*r[2:])) for r in rows]
 
