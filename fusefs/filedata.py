@@ -88,7 +88,7 @@ class FileData:
         self.flusher = flusher
         self.opens = 0
         self.dirty: dict[int, bytearray] = {}
-        self.inflight: dict[int, tuple[trio.Event, bytes]] = {}
+        self.inflight: dict[int, tuple[trio.Event, bytearray]] = {}
         self.error: Exception | None = None  # a background write failed: report at flush
         self._next_off = 0  # where a sequential reader reads next (a read from the start
         #                     counts as sequential: whole chunks and readahead at once)
@@ -231,7 +231,7 @@ class FileData:
     async def _start_flush(self, idx: int) -> None:
         buf = self.dirty.pop(idx)
         done = trio.Event()
-        self.inflight[idx] = (done, bytes(buf))
+        self.inflight[idx] = (done, buf)  # no longer in `dirty`: nothing writes to it again
         await self.flusher.slots.acquire()
         if self.flusher.nursery is None:
             await self._seal(idx, done)

@@ -329,6 +329,9 @@ class MetaRepo:
                               (ino, name)).fetchone()
         return row[0] if row else None
 
+    def has_xattrs(self) -> bool:
+        return self.db.execute("SELECT 1 FROM xattrs LIMIT 1").fetchone() is not None
+
     def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?,?,?)", (ino, name, value))
 
