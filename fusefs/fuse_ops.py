@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # attributes; 10 s keeps a stale view short if that ever changes (shared read-only mounts).
 ENTRY_TIMEOUT = 10.0
 ATTR_TIMEOUT = 10.0
-_READDIR_BATCH = 256
+_READDIR_BATCH = 32  # a readdirplus reply (one page) holds ~24 entries: fetch little more
 
 
 def translate(fn: Callable[..., Any]) -> Callable[..., Any]:
