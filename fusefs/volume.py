@@ -41,6 +41,8 @@ DURABILITY_INTERVAL = 5.0  # seconds: like ext4's commit interval, the power-los
 STORE_RETRY_SECONDS = 15.0  # a failed store is skipped this long before it is tried again
 READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
 HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another store too
+HINT_MIN_SHARE = 256 << 10  # shares this big are announced to the kernel before reading
+#                             (the disk works on them together); small ones just cost syscalls
 FAST_PATH_TIMEOUT = 2.0  # the one-hop local read gives up and the hedged path takes over
 
 # Problems a share can have; these strings are event kinds (see events.py).
@@ -434,12 +436,13 @@ class Volume:
         shares are good or they do not authenticate; the careful async path takes over.
         """
         errors: dict[int, StoreError] = {}
-        for i in range(self.k):
-            hint = self.stores[row.placement[i]].will_need_blocking
-            if hint is not None and row.placement[i] not in down:
-                hint(self.keys.object_name(row.oid, i))
         sealed = chunkcodec.sealed_length(row.length, self.seg)
         size = erasure.share_size(sealed, self.k)
+        if size >= HINT_MIN_SHARE:
+            for i in range(self.k):
+                hint = self.stores[row.placement[i]].will_need_blocking
+                if hint is not None and row.placement[i] not in down:
+                    hint(self.keys.object_name(row.oid, i))
         buf = memoryview(bytearray(self.k * size))  # the data shares, side by side
         contiguous = True  # every data share was read into buf
         for i in range(self.n):
