@@ -155,7 +155,8 @@ class FileData:
         row = self.meta.get_chunk(self.ino, idx)
         return b"" if row is None else await self.load(row)
 
-    async def _piece(self, idx: int, a: int, b: int, random_access: bool) -> bytes:
+    async def _piece(self, idx: int, a: int, b: int, random_access: bool
+                     ) -> bytes | bytearray | memoryview:
         """Bytes [a, b) of chunk idx (zeros past its end). A small random read of a committed
         chunk that is not cached fetches only the segments it needs (`read_span`); anything
         else loads the whole chunk, which sequential readers and the cache want anyway."""
@@ -169,11 +170,16 @@ class FileData:
                 got = await self.volume.read_span(self.file_id, row, a, min(b, row.length))
                 if got is not None:
                     return got if len(got) == b - a else got + bytes(b - a - len(got))
+        buffered = idx in self.dirty or idx in self.inflight
         data = await self._chunk(idx)
+        if not buffered and b <= len(data):
+            # Committed chunk data is never modified: hand out a view, no copy (pyfuse3
+            # takes any buffer). Buffers being written to are copied.
+            return memoryview(data)[a:b]
         piece = data[a:b]
         return piece if len(piece) == b - a else piece + bytes(b - a - len(piece))
 
-    async def read(self, off: int, size: int) -> bytes:
+    async def read(self, off: int, size: int) -> bytes | memoryview:
         end = min(off + size, self.size)
         if off >= end:
             return b""

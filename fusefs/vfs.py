@@ -424,7 +424,7 @@ class FileSystem:
         except KeyError:
             raise FsError(errno.EBADF) from None
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self._handle(fh).data.read(off, size)
 
     async def write(self, fh: int, off: int, data: bytes) -> int:

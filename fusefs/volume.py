@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from fusefs import placement
 from fusefs.codec import chunk as chunkcodec
 from fusefs.codec import erasure
+from fusefs.codec.buffers import uninitialized
 from fusefs.codec.checksum import digest
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
@@ -443,7 +444,8 @@ class Volume:
                 hint = self.stores[row.placement[i]].will_need_blocking
                 if hint is not None and row.placement[i] not in down:
                     hint(self.keys.object_name(row.oid, i))
-        buf = memoryview(bytearray(self.k * size))  # the data shares, side by side
+        # the data shares, side by side; a share's slot is used only once wholly read
+        buf = memoryview(uninitialized(self.k * size))
         contiguous = True  # every data share was read into buf
         for i in range(self.n):
             if len(good) == self.k:

@@ -556,3 +556,17 @@ def test_object_names_are_keyed() -> None:
     assert VolumeKeys(master, vid).object_name(oid, 0) == name
     assert VolumeKeys(os.urandom(KEY_LEN), vid).object_name(oid, 0) != name
     assert VolumeKeys(master, os.urandom(16)).object_name(oid, 0) != name
+
+
+def test_seal_pads_with_zeros_whatever_the_heap_held() -> None:
+    """Shares are cut from a buffer that is not zero-filled up front: the padding must
+    still be zeros (docs/format.md), never old heap bytes (another file's plaintext)."""
+    aead = make_aead()
+    for length in (1, 1000, 64 * 1024 + 1, 3 * 64 * 1024 + 5):
+        junk = [bytearray(b"\xa5" * (1 << 20)) for _ in range(4)]
+        del junk
+        shares, _ = chunk.seal(aead, cid_of(), OID, payload_of(length), K, M, SEG)
+        sealed = chunk.sealed_length(length, SEG)
+        padded = b"".join(bytes(s) for s in shares[:K])
+        assert padded[sealed:] == bytes(len(padded) - sealed), length
+        assert erasure.encode(padded[:sealed], K, M)[K:] == shares[K:]

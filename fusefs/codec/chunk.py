@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fusefs.codec import erasure
+from fusefs.codec.buffers import uninitialized
 from fusefs.codec.checksum import digest
 
 TAG_LEN = 16
@@ -89,7 +90,7 @@ def decrypt_segments(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryv
         sizes.append(size)
         pos += size + TAG_LEN
         j += 1
-    out = bytearray(sum(sizes))
+    out = uninitialized(sum(sizes))  # every byte is decrypted into, or we raise
     dest = memoryview(out)
     pos = at = 0
     for j, size in enumerate(sizes, first):
@@ -107,8 +108,9 @@ def seal(
 ) -> tuple[list[erasure.Buffer], list[bytes]]:
     """Encrypt and erasure-code one chunk; return its n shares and their digests."""
     length = sealed_length(len(plain), seg)
-    padded = bytearray(k * erasure.share_size(length, k))  # zero padding included
-    encrypt_into(aead, cid, oid, plain, seg, padded)
+    padded = uninitialized(k * erasure.share_size(length, k))
+    encrypt_into(aead, cid, oid, plain, seg, padded)  # fills [0, length)
+    padded[length:] = bytes(len(padded) - length)  # the zero padding, explicitly
     shares = erasure.encode_padded(padded, k, m)
     return shares, [digest(s) for s in shares]
 
