@@ -285,3 +285,59 @@ def test_rolled_back_shares_never_return_stale_bytes(tmp_path: Path, volume, mou
     mnt = mounter.mount(vol, tmp_path / "m")
     assert read_checked(mnt / "f", v2) == "eio"
     mounter.umount(mnt)
+
+
+def _random_reads(path: Path, data: bytes, seed: int, count: int = 60) -> dict[str, int]:
+    """Small preads at scattered offsets (the ranged-read path): each is right, or EIO (or
+    short: counted as EIO)."""
+    import random
+
+    rng = random.Random(seed)
+    outcome = {"ok": 0, "eio": 0}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(count):
+            off = rng.randrange(1, len(data))
+            size = rng.choice([1, 4 * KiB, 64 * KiB + 5, 128 * KiB, 200 * KiB])
+            try:
+                got = os.pread(fd, size, off)
+            except OSError as e:
+                assert e.errno == errno.EIO, e
+                outcome["eio"] += 1
+                continue
+            # a short read is allowed (the kernel returns the bytes before a failed page),
+            # wrong bytes never are
+            assert got == data[off : off + len(got)], f"wrong bytes at {off} of {path}"
+            if len(got) < min(size, len(data) - off):
+                outcome["eio"] += 1
+                continue
+            outcome["ok"] += 1
+    finally:
+        os.close(fd)
+    return outcome
+
+
+@pytest.mark.parametrize("how", ["corrupt", "shuffle", "truncate", "mixed"])
+def test_random_reads_with_two_damaged_stores(pristine: Pristine, tmp_path: Path, mounter,
+                                              how: str):
+    """Ranged reads give up on damaged segments and fall back to the whole-chunk read."""
+    vol = pristine.restore()
+    damage(vol, plan_of(how, (0, 2)))
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    big = {rel: d for rel, d in pristine.expected.items() if len(d) > MiB}
+    assert big
+    for n, (rel, data) in enumerate(sorted(big.items())):
+        assert _random_reads(mnt / "tree" / rel, data, seed=n) == {"ok": 60, "eio": 0}
+    mounter.umount(mnt)
+
+
+def test_random_reads_with_three_damaged_stores_never_return_wrong_bytes(
+        pristine: Pristine, tmp_path: Path, mounter):
+    vol = pristine.restore()
+    damage(vol, plan_of("corrupt", (0, 1, 3)))
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    for n, (rel, data) in enumerate(sorted(pristine.expected.items())):
+        if len(data) > MiB:
+            outcome = _random_reads(mnt / "tree" / rel, data, seed=n)
+            assert outcome["eio"] > 0, outcome  # every chunk has 3 bad shares
+    mounter.umount(mnt)
