@@ -90,6 +90,7 @@ class FileData:
         self.dirty: dict[int, bytearray] = {}
         self.inflight: dict[int, tuple[trio.Event, bytearray]] = {}
         self.error: Exception | None = None  # a background write failed: report at flush
+        self._ahead = -1  # last chunk index readahead has considered in this sequential run
         self._next_off = 0  # where a sequential reader reads next (a read from the start
         #                     counts as sequential: whole chunks and readahead at once)
 
@@ -127,9 +128,14 @@ class FileData:
         last = (end - 1) // self.cs
         nursery = self.flusher.nursery
         if not sequential or nursery is None:
+            self._ahead = -1
             return sequential
+        # Chunks already considered in this run are skipped: several requests per chunk
+        # would otherwise query the same rows again and again.
+        start = max(last + 1, self._ahead + 1)
         end = min(last + 1 + READAHEAD_CHUNKS, -(-self.size // self.cs))
-        for idx in range(last + 1, end):
+        self._ahead = max(self._ahead, end - 1)
+        for idx in range(start, end):
             if idx in self.dirty or idx in self.inflight:
                 continue
             row = self.meta.get_chunk(self.ino, idx)
