@@ -444,8 +444,10 @@ class Volume:
                 hint = self.stores[row.placement[i]].will_need_blocking
                 if hint is not None and row.placement[i] not in down:
                     hint(self.keys.object_name(row.oid, i))
-        # the data shares, side by side; a share's slot is used only once wholly read
-        buf = memoryview(uninitialized(self.k * size))
+        # The data shares side by side, plus one byte: each share is read with one byte of
+        # slack (into the next slot, read after it) to see an extended share without fstat.
+        # A share's slot is used only once it is wholly read.
+        buf = memoryview(uninitialized(self.k * size + 1))
         contiguous = True  # every data share was read into buf
         for i in range(self.n):
             if len(good) == self.k:
@@ -459,10 +461,11 @@ class Volume:
             data: bytes | memoryview
             try:
                 if i < self.k and store.read_into_blocking is not None:
-                    data = buf[i * size : (i + 1) * size]
-                    if store.read_into_blocking(name, data) != size:
+                    if store.read_into_blocking(name, buf[i * size : (i + 1) * size + 1]) \
+                            != size:
                         bad[i] = CHECKSUM  # truncated or extended
                         continue
+                    data = buf[i * size : (i + 1) * size]
                 else:
                     data = store.get_blocking(name)  # type: ignore[misc]
                     contiguous = contiguous and i >= self.k

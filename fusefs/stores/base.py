@@ -29,8 +29,8 @@ class Store(ABC):
     # function, so the volume can read and verify a whole chunk in one worker-thread hop.
     get_blocking: Callable[[str], bytes] | None = None
     get_range_blocking: Callable[[str, int, int], bytes] | None = None
-    # Read an object into a caller's buffer (the k data shares of a chunk land side by side:
-    # no join copy); returns the object's size, which may differ from the buffer's.
+    # Read an object from its start into a caller's buffer (the k data shares of a chunk land
+    # side by side: no join copy); returns the bytes read, fewer than asked at its end.
     read_into_blocking: Callable[[str, memoryview], int] | None = None
     # Start reading an object into the page cache without waiting (several shares of a chunk
     # then come off the disk in parallel although they are read one after the other).

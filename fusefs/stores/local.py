@@ -93,14 +93,13 @@ class LocalStore(Store):
     def _read_into_sync(self, name: str, view: memoryview) -> int:
         fd = self._open(name)
         try:
-            size = os.fstat(fd).st_size
             got = 0
-            while got < min(size, len(view)):
+            while got < len(view):
                 n = os.preadv(fd, [view[got:]], got)
                 if n == 0:
                     break
                 got += n
-            return size if got == min(size, len(view)) else got
+            return got
         except OSError as e:
             raise self._error("read", name, e) from None
         finally:
