@@ -128,22 +128,21 @@ class Volume:
         oid = os.urandom(16)
         version = prev_version + 1
         cid = chunkcodec.ChunkId(self.volume_id, file_id, idx, version)
-        aead = self.keys.file_aead(file_id)
         where = placement.place(oid, self.n, len(self.stores))
         self.writing.add(oid)
         if self._fast_writes and not any(self._down_until.get(si) or self._full_until.get(si)
                                          for si in where):
             try:
                 digests, failed = await trio.to_thread.run_sync(
-                    self._seal_and_put, aead, cid, oid, plain, where,
-                    limiter=_FAST_WRITE_LIMITER)
+                    self._seal_and_put, cid, oid, plain, where, limiter=_FAST_WRITE_LIMITER)
             except BaseException:
                 self.writing.discard(oid)
                 raise
             for i, e in failed.items():
                 self.mark_down(where[i], e)
         else:
-            digests, failed = await self._seal_and_put_async(aead, cid, oid, plain, where)
+            digests, failed = await self._seal_and_put_async(self.keys.file_aead(file_id), cid,
+                                                             oid, plain, where)
         if self.n - len(failed) < self.quorum:
             self.writing.discard(oid)
             await self.delete_shares(oid, where, skip=failed)
@@ -155,9 +154,11 @@ class Volume:
                    for i, e in sorted(failed.items())}
         return ChunkRow(idx, version, oid, len(plain), where, b"".join(digests)), missing
 
-    def _seal_and_put(self, aead, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes,
+    def _seal_and_put(self, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes,
                       where: bytes) -> tuple[list[bytes], dict[int, StoreError]]:
-        """Worker thread: seal a chunk and write its shares to local stores, one hop."""
+        """Worker thread: seal a chunk and write its shares to local stores, one hop (the
+        file key too: deriving a new file's key is HKDF work the trio thread need not do)."""
+        aead = self.keys.file_aead(cid.file_id)
         shares, digests = chunkcodec.seal(aead, cid, oid, plain, self.k, self.m, self.seg)
         failed: dict[int, StoreError] = {}
         for i, share in enumerate(shares):
