@@ -295,7 +295,7 @@ class Volume:
         return None
 
     def _cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
-        return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+        return self._cid(file_id, row)
 
     def _read_span_local(self, file_id: bytes, row: ChunkRow, span: chunkcodec.Span,
                          pieces: list[tuple[int, int, int]], want: int) -> bytes | None:
@@ -405,7 +405,7 @@ class Volume:
             await self.fetch(row, order, good, bad)
         else:
             await self.fetch_hedged(row, order, good, bad, self.k)
-        cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+        cid = self._cid(file_id, row)
         aead = self.keys.file_aead(file_id)
         while True:
             if len(good) < self.k:
@@ -483,7 +483,7 @@ class Volume:
             good[i] = data
         if len(good) < self.k:
             raise _NotHealthy(errors)
-        cid = chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+        cid = self._cid(file_id, row)
         aead = self.keys.file_aead(file_id)
         try:
             if all(i in good for i in range(self.k)) and contiguous:

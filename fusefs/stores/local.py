@@ -13,7 +13,9 @@ import ctypes
 import errno
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -32,6 +34,31 @@ FANOUT_DIGITS = 1
 def object_relpath(name: str) -> str:
     """Where an object lives below the store root."""
     return f"objects/{name[:FANOUT_DIGITS]}/{name}"
+
+
+T = TypeVar("T")
+
+
+def _fill(fd: int, view: memoryview) -> int:
+    """Read the file from its start into view; the bytes read (fewer at its end)."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _read_whole(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    data = os.read(fd, size)
+    while len(data) < size:  # short reads are rare (signals, special filesystems)
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 class LocalStore(Store):
@@ -90,45 +117,25 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def _read_into_sync(self, name: str, view: memoryview) -> int:
+    def _read(self, name: str, how: Callable[[int], T]) -> T:
+        """`how` applied to an open fd of the object; an OSError becomes a StoreError."""
         fd = self._open(name)
         try:
-            got = 0
-            while got < len(view):
-                n = os.preadv(fd, [view[got:]], got)
-                if n == 0:
-                    break
-                got += n
-            return got
+            return how(fd)
         except OSError as e:
             raise self._error("read", name, e) from None
         finally:
             os.close(fd)
+
+    def _read_into_sync(self, name: str, view: memoryview) -> int:
+        return self._read(name, lambda fd: _fill(fd, view))
 
     def _get_range_sync(self, name: str, offset: int, length: int) -> bytes:
-        fd = self._open(name)
-        try:
-            return os.pread(fd, length, offset)  # short only at the end of the object
-        except OSError as e:
-            raise self._error("read", name, e) from None
-        finally:
-            os.close(fd)
+        # short only at the end of the object
+        return self._read(name, lambda fd: os.pread(fd, length, offset))
 
     def _get_sync(self, name: str) -> bytes:
-        fd = self._open(name)
-        try:
-            size = os.fstat(fd).st_size
-            data = os.read(fd, size)
-            while len(data) < size:  # short reads are rare (signals, special filesystems)
-                more = os.read(fd, size - len(data))
-                if not more:
-                    break
-                data += more
-            return data
-        except OSError as e:
-            raise self._error("read", name, e) from None
-        finally:
-            os.close(fd)
+        return self._read(name, _read_whole)
 
     def _put_sync(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
