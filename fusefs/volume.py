@@ -295,7 +295,7 @@ class Volume:
         return None
 
     def _cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
-        return self._cid(file_id, row)
+        return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
 
     def _read_span_local(self, file_id: bytes, row: ChunkRow, span: chunkcodec.Span,
                          pieces: list[tuple[int, int, int]], want: int) -> bytes | None:
