@@ -108,10 +108,9 @@ class Healer:
         padded: erasure.Buffer
         if known is not None:
             file_id, plain = known
-            padded = bytearray(v.k * size)
             cid = chunkcodec.ChunkId(v.volume_id, file_id, row.idx, row.version)
-            chunkcodec.encrypt_into(v.keys.file_aead(file_id), cid, row.oid, plain, v.seg,
-                                    padded)
+            padded = chunkcodec.encrypt_padded(v.keys.file_aead(file_id), cid, row.oid, plain,
+                                               v.k, v.seg)
         elif all(i in good for i in range(v.k)):
             padded = b"".join(good[i] for i in range(v.k))
         else:

@@ -283,15 +283,9 @@ class Volume:
                 for j, (i, off, n) in enumerate(pieces):
                     nursery.start_soon(one, j, i, off, n)
             ct = b"".join(parts)
-            if len(ct) != span.ct_end - span.ct_start:
-                return None
-            try:
-                plain = await run_cpu(len(ct), chunkcodec.decrypt_segments,
-                                      self.keys.file_aead(file_id), self._cid(file_id, row),
-                                      row.oid, ct, span.first, row.length, self.seg)
-            except InvalidTag:
-                return None
-            return plain[span.skip : span.skip + end - start]
+            return await run_cpu(len(ct), chunkcodec.open_span, self.keys.file_aead(file_id),
+                                 self._cid(file_id, row), row.oid, ct, span, end - start,
+                                 row.length, self.seg)
         return None
 
     def _cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
@@ -310,14 +304,9 @@ class Volume:
             if len(part) != n:
                 return None
             parts.append(part)
-        try:
-            plain = chunkcodec.decrypt_segments(
-                self.keys.file_aead(file_id), self._cid(file_id, row), row.oid,
-                parts[0] if len(parts) == 1 else b"".join(parts), span.first, row.length,
-                self.seg)
-        except InvalidTag:
-            return None
-        return plain[span.skip : span.skip + want]
+        return chunkcodec.open_span(self.keys.file_aead(file_id), self._cid(file_id, row),
+                                    row.oid, parts[0] if len(parts) == 1 else b"".join(parts),
+                                    span, want, row.length, self.seg)
 
     async def _fetch_one(self, row: ChunkRow, i: int, good: dict[int, bytes],
                          bad: dict[int, str]) -> None:

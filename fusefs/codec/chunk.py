@@ -107,12 +107,32 @@ def seal(
     aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int, m: int, seg: int
 ) -> tuple[list[erasure.Buffer], list[bytes]]:
     """Encrypt and erasure-code one chunk; return its n shares and their digests."""
+    shares = erasure.encode_padded(encrypt_padded(aead, cid, oid, plain, k, seg), k, m)
+    return shares, [digest(s) for s in shares]
+
+
+def encrypt_padded(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int,
+                   seg: int) -> bytearray:
+    """The ciphertext zero-padded to k equal data shares: what zfec encodes (seal) and what a
+    heal slices or re-encodes lost shares from."""
     length = sealed_length(len(plain), seg)
     padded = uninitialized(k * erasure.share_size(length, k))
     encrypt_into(aead, cid, oid, plain, seg, padded)  # fills [0, length)
     padded[length:] = bytes(len(padded) - length)  # the zero padding, explicitly
-    shares = erasure.encode_padded(padded, k, m)
-    return shares, [digest(s) for s in shares]
+    return padded
+
+
+def open_span(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryview, span: Span,
+              want: int, plain_len: int, seg: int) -> bytes | None:
+    """The `want` plaintext bytes a ranged read asked for, from the ciphertext of `span`;
+    None when it is short or any segment does not authenticate."""
+    if len(ct) != span.ct_end - span.ct_start:
+        return None
+    try:
+        plain = decrypt_segments(aead, cid, oid, ct, span.first, plain_len, seg)
+    except InvalidTag:
+        return None
+    return plain[span.skip : span.skip + want]
 
 
 def open_(
