@@ -53,6 +53,11 @@ class ChunkCache:
             self.used -= len(old)
 
 
+def _zero_fill(piece: bytes | bytearray, n: int) -> bytes | bytearray:
+    """piece, extended with zeros to n bytes (a chunk shorter than the file: a hole)."""
+    return piece if len(piece) == n else piece + bytes(n - len(piece))
+
+
 def fs_error(e: Exception) -> FsError:
     """Map a data-path failure to the errno a reader/writer should see."""
     if isinstance(e, StoreFull):
@@ -153,37 +158,31 @@ class FileData:
             except Exception as e:  # noqa: BLE001 - the foreground read will report it
                 log.debug("readahead of chunk %d of inode %d failed: %s", row.idx, self.ino, e)
 
-    async def _chunk(self, idx: int) -> bytes | bytearray:
-        if idx in self.dirty:
-            return self.dirty[idx]
-        if idx in self.inflight:
-            return self.inflight[idx][1]
-        row = self.meta.get_chunk(self.ino, idx)
-        return b"" if row is None else await self.load(row)
-
     async def _piece(self, idx: int, a: int, b: int, random_access: bool
                      ) -> bytes | bytearray | memoryview:
         """Bytes [a, b) of chunk idx (zeros past its end). A small random read of a committed
         chunk that is not cached fetches only the segments it needs (`read_span`); anything
         else loads the whole chunk, which sequential readers and the cache want anyway."""
-        if random_access and 2 * (b - a) <= self.cs and idx not in self.dirty \
-                and idx not in self.inflight:
-            row = self.meta.get_chunk(self.ino, idx)
-            if row is None or a >= row.length:
-                return bytes(b - a)
-            key = (self.ino, idx, row.oid)
-            if self.cache.get(key) is None and key not in self.cache.loading:
-                got = await self.volume.read_span(self.file_id, row, a, min(b, row.length))
-                if got is not None:
-                    return got if len(got) == b - a else got + bytes(b - a - len(got))
-        buffered = idx in self.dirty or idx in self.inflight
-        data = await self._chunk(idx)
-        if not buffered and b <= len(data):
+        buffered = self.dirty.get(idx)
+        if buffered is None and idx in self.inflight:
+            buffered = self.inflight[idx][1]
+        if buffered is not None:
+            return _zero_fill(buffered[a:b], b - a)  # copied: it may still change
+        row = self.meta.get_chunk(self.ino, idx)
+        if row is None or a >= row.length:
+            return bytes(b - a)
+        key = (self.ino, idx, row.oid)
+        if random_access and 2 * (b - a) <= self.cs and self.cache.get(key) is None \
+                and key not in self.cache.loading:
+            got = await self.volume.read_span(self.file_id, row, a, min(b, row.length))
+            if got is not None:
+                return _zero_fill(got, b - a)
+        data = await self.load(row)
+        if b <= len(data):
             # Committed chunk data is never modified: hand out a view, no copy (pyfuse3
-            # takes any buffer). Buffers being written to are copied.
+            # takes any buffer).
             return memoryview(data)[a:b]
-        piece = data[a:b]
-        return piece if len(piece) == b - a else piece + bytes(b - a - len(piece))
+        return _zero_fill(data[a:b], b - a)
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
         end = min(off + size, self.size)
