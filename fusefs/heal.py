@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Known = tuple[bytes, bytes]  # (file id, plaintext) of a chunk a read has just authenticated
+Known = memoryview  # the padded ciphertext of a chunk a read has just authenticated
 
 REPAIR_INTERVAL = 30.0  # seconds between passes of the repair worker over the queue
 MAX_BACKGROUND_HEALS = 16  # beyond this, damage found by reads goes to the repair queue:
@@ -80,7 +80,7 @@ class Healer:
 
     async def heal(self, ino: int, row: ChunkRow, good: dict[int, bytes],
                    bad: dict[int, str], known: Known | None = None) -> dict[int, str]:
-        """Rewrite bad shares from k good ones (or from the plaintext a read just
+        """Rewrite bad shares from k good ones (or from the ciphertext a read just
         authenticated); return share -> action taken."""
         v = self.v
         fresh = await run_cpu(row.length, self._rebuild, row, good, sorted(bad), known)
@@ -97,20 +97,16 @@ class Healer:
                  known: Known | None) -> dict[int, erasure.Buffer]:
         """The exact bytes of shares `wanted`, by the cheapest way at hand.
 
-        From a plaintext a read has just authenticated, encrypting again (same key, nonce
-        and associated data: the same ciphertext, nothing new revealed) costs a fifth of a
-        zfec decode. Else the k data shares are joined, or any k shares decoded. Only the
-        wanted parity shares are computed. `_rewrite` still checks every result against its
-        recorded checksum.
+        A read that has just authenticated the chunk hands over its padded ciphertext: lost
+        data shares are slices of it, so only lost parity shares cost an encode. Else the
+        k data shares are joined, or any k shares decoded. `_rewrite` still checks every
+        result against its recorded checksum.
         """
         v = self.v
         size = erasure.share_size(chunkcodec.sealed_length(row.length, v.seg), v.k)
         padded: erasure.Buffer
         if known is not None:
-            file_id, plain = known
-            cid = chunkcodec.ChunkId(v.volume_id, file_id, row.idx, row.version)
-            padded = chunkcodec.encrypt_padded(v.keys.file_aead(file_id), cid, row.oid, plain,
-                                               v.k, v.seg)
+            padded = known
         elif all(i in good for i in range(v.k)):
             padded = b"".join(good[i] for i in range(v.k))
         else:

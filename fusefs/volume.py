@@ -227,12 +227,12 @@ class Volume:
         """
         good: dict[int, bytes] = {}
         bad: dict[int, str] = {}
-        plain = None
+        plain = padded = None
         if self._fast_reads:
             down = frozenset(si for si in self._down_until if self.store_down(si))
             try:
                 with trio.fail_after(FAST_PATH_TIMEOUT):
-                    plain, errors = await trio.to_thread.run_sync(
+                    plain, padded, errors = await trio.to_thread.run_sync(
                         self._read_local, file_id, row, down, good, bad,
                         limiter=_FAST_READ_LIMITER, abandon_on_cancel=True)
             except _NotHealthy as e:
@@ -247,7 +247,7 @@ class Volume:
         # Shares of unreachable stores are not known to be bad: scrub checks them later.
         known_bad = {i: why for i, why in bad.items() if why != UNREACHABLE}
         if known_bad:
-            await self.healer.heal_later(ino, row, good, known_bad, (file_id, plain))
+            await self.healer.heal_later(ino, row, good, known_bad, padded)
         return plain
 
     async def read_span(self, file_id: bytes, row: ChunkRow, start: int, end: int
@@ -418,12 +418,13 @@ class Volume:
 
     def _read_local(self, file_id: bytes, row: ChunkRow, down: frozenset[int],
                     good: dict[int, bytes], bad: dict[int, str]
-                    ) -> tuple[bytes, dict[int, StoreError]]:
+                    ) -> tuple[bytes, memoryview, dict[int, StoreError]]:
         """Worker thread, local stores: read shares in order (data shares first) until k are
         good, verify, decode, decrypt: one thread hop per chunk, healthy or degraded.
 
-        Fills good/bad; returns the plaintext and the stores that failed (the caller marks
-        them down on the trio thread). Raises _NotHealthy(failed stores) when fewer than k
+        Fills good/bad; returns the plaintext, the authenticated padded ciphertext (what a
+        heal slices or re-encodes lost shares from) and the stores that failed (the caller
+        marks them down on the trio thread). Raises _NotHealthy(failed stores) when fewer than k
         shares are good or they do not authenticate; the careful async path takes over.
         """
         errors: dict[int, StoreError] = {}
@@ -438,7 +439,6 @@ class Volume:
         # slack (into the next slot, read after it) to see an extended share without fstat.
         # A share's slot is used only once it is wholly read.
         buf = memoryview(uninitialized(self.k * size + 1))
-        contiguous = True  # every data share was read into buf
         for i in range(self.n):
             if len(good) == self.k:
                 break
@@ -449,8 +449,9 @@ class Volume:
             store = self.stores[si]
             name = self.keys.object_name(row.oid, i)
             data: bytes | memoryview
+            in_slot = i < self.k and store.read_into_blocking is not None
             try:
-                if i < self.k and store.read_into_blocking is not None:
+                if in_slot:
                     if store.read_into_blocking(name, buf[i * size : (i + 1) * size + 1]) \
                             != size:
                         bad[i] = CHECKSUM  # truncated or extended
@@ -458,7 +459,6 @@ class Volume:
                     data = buf[i * size : (i + 1) * size]
                 else:
                     data = store.get_blocking(name)  # type: ignore[misc]
-                    contiguous = contiguous and i >= self.k
             except NoSuchObject:
                 bad[i] = MISSING
                 continue
@@ -469,22 +469,20 @@ class Volume:
             if digest(data) != row.share_digest(i):
                 bad[i] = CHECKSUM
                 continue
+            if i < self.k and not in_slot:  # a store without read_into
+                buf[i * size : (i + 1) * size] = data
             good[i] = data
         if len(good) < self.k:
             raise _NotHealthy(errors)
-        cid = self._cid(file_id, row)
-        aead = self.keys.file_aead(file_id)
+        padded = buf[: self.k * size]  # the data shares in their slots: the ciphertext
+        erasure.fill_missing(good, self.k, self.m, padded)  # degraded: decode lost ones
         try:
-            if all(i in good for i in range(self.k)) and contiguous:
-                # healthy: the ciphertext already lies contiguous in buf
-                plain = chunkcodec.decrypt_segments(aead, cid, row.oid, buf[:sealed], 0,
-                                                    row.length, self.seg)
-            else:
-                plain, _ = chunkcodec.open_(aead, cid, row.oid, row.length, good, self.k,
-                                            self.m, self.seg, all_subsets=False)
-        except (chunkcodec.AuthenticationFailed, InvalidTag):
+            plain = chunkcodec.decrypt_segments(self.keys.file_aead(file_id),
+                                                self._cid(file_id, row), row.oid,
+                                                padded[:sealed], 0, row.length, self.seg)
+        except InvalidTag:
             raise _NotHealthy(errors) from None
-        return plain, errors
+        return plain, padded, errors
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str]) -> None:
         for i, why in sorted(bad.items()):

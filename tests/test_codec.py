@@ -132,6 +132,28 @@ def test_regenerate_gives_exactly_the_original_shares(length: int) -> None:
                 break  # large payloads: one subset per size is enough
 
 
+@pytest.mark.parametrize("length", [1, 3 * 1024 + 2])
+def test_fill_missing_rebuilds_lost_data_slots_for_every_subset(length: int) -> None:
+    """The degraded read path: present data shares sit in their slots, lost slots hold
+    junk; after fill_missing the buffer is the padded payload, whichever k shares were
+    given (and the given list is not reused: zfec reorders it in place)."""
+    payload = payload_of(length, seed=13)
+    shares = as_bytes(erasure.encode(payload, K, M))
+    size = len(shares[0])
+    padded = b"".join(shares[:K])
+    for subset in combinations(range(N), K):
+        buf = bytearray(b"\xee" * (K * size))
+        for i in subset:
+            if i < K:
+                buf[i * size : (i + 1) * size] = shares[i]
+        given = {i: shares[i] for i in subset}
+        erasure.fill_missing(given, K, M, memoryview(buf))
+        assert bytes(buf) == padded, f"subset {subset}"
+        assert given == {i: shares[i] for i in subset}
+    with pytest.raises(ValueError, match="need 3 shares"):
+        erasure.fill_missing({0: shares[0], 4: shares[4]}, K, M, memoryview(bytearray(K * size)))
+
+
 def test_regenerate_from_a_decoded_payload() -> None:
     """Repair path: decode from survivors, regenerate the lost shares, bytes must match."""
     payload = payload_of(10_000, seed=12)

@@ -57,6 +57,23 @@ def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> memoryv
     return memoryview(payload)[:length]
 
 
+def fill_missing(shares: Mapping[int, Buffer], k: int, m: int, padded: memoryview) -> None:
+    """Decode the data shares missing from `shares` into their slots of `padded` (k slots of
+    share size, the present data shares already in theirs): the payload ends up contiguous
+    with one copy of each lost share, not a copy of the whole payload."""
+    size = len(padded) // k
+    nums = sorted(shares)[:k]
+    if len(nums) < k:
+        raise ValueError(f"need {k} shares, got {len(nums)}")
+    lost = [i for i in range(k) if i not in nums]
+    if not lost:
+        return
+    blocks = [shares[i] for i in nums]  # fresh list: decode() reorders it in place
+    primary = zfec.Decoder(k, k + m).decode(blocks, list(nums))
+    for i in lost:
+        padded[i * size : (i + 1) * size] = primary[i]
+
+
 def regenerate(payload: Buffer, k: int, m: int, wanted: Sequence[int]) -> dict[int, Buffer]:
     """Recompute the exact bytes of shares `wanted` from the full payload (for repair)."""
     size = share_size(len(payload), k)
