@@ -98,6 +98,7 @@ class FileData:
         self._ahead = -1  # last chunk index readahead has considered in this sequential run
         self._next_off = 0  # where a sequential reader reads next (a read from the start
         #                     counts as sequential: whole chunks and readahead at once)
+        self._near = True  # the last read started where the one before it ended
 
     # -- reading -------------------------------------------------------------------------
     async def load(self, row: ChunkRow) -> bytes:
@@ -125,10 +126,14 @@ class FileData:
         """On sequential access, fetch the next chunks in the background; True if it is.
 
         Sequential means starting within one FUSE request of where the last read ended (the
-        kernel's readahead requests may overtake one another); by chunk index, random reads
-        that happen to hit the same chunk twice would fetch whole chunks and more.
+        kernel's readahead requests may overtake one another), twice in a row: a random
+        reader lands next to its previous read now and then, and one such coincidence would
+        otherwise fetch READAHEAD_CHUNKS whole chunks it does not want. By chunk index,
+        random reads that hit the same chunk twice would do the same.
         """
-        sequential = abs(off - self._next_off) <= SEQUENTIAL_SLACK
+        near = abs(off - self._next_off) <= SEQUENTIAL_SLACK
+        sequential = near and (self._near or off == 0)
+        self._near = near
         self._next_off = end
         last = (end - 1) // self.cs
         nursery = self.flusher.nursery

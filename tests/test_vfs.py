@@ -272,6 +272,39 @@ def test_background_sequential_read_with_readahead(env: Env) -> None:
     assert run(main) == data
 
 
+def test_background_readahead_needs_a_run_not_one_coincidence(env: Env) -> None:
+    """A random reader that once lands right after its previous read fetches only what it
+    asked for; a reader that keeps going on from where it was starts readahead."""
+    data = data_of(40 * CS, seed=5)  # reads > 1 MiB apart are not near one another
+    ino = run(write_file, env.fs, b"ra2", data, ROOT_INODE, CS)
+    fresh = env.fresh_fs()
+
+    def cached() -> set[int]:
+        return {idx for (i, idx, _) in fresh.cache._items if i == ino}
+
+    async def reads(fh: int, offsets: list[int]) -> list[bytes]:
+        async with trio.open_nursery() as nursery:  # exits once readahead has finished
+            fresh.flusher.nursery = nursery
+            got = [bytes(await fresh.read(fh, off, 4096)) for off in offsets]
+            fresh.flusher.nursery = None
+        return got
+
+    async def main():
+        fh = await fresh.open(ino, os.O_RDONLY)
+        random_like = [30 * CS + 100, 2 * CS + 500, 2 * CS + 4596]  # the third: a coincidence
+        got = await reads(fh, random_like)
+        after_random = cached()
+        run_offsets = [20 * CS + 4096 * j for j in range(3)]
+        got += await reads(fh, run_offsets)
+        await fresh.release(fh)
+        return random_like + run_offsets, got, after_random, cached()
+
+    offsets, got, after_random, after_run = run(main)
+    assert got == [data[o : o + 4096] for o in offsets]
+    assert after_random == set(), "ranged reads only: nothing fetched whole, no readahead"
+    assert {21, 22} <= after_run, "a sequential run reads ahead"
+
+
 def test_unrecoverable_chunk_is_eio(env: Env) -> None:
     data = data_of(3 * CS, seed=8)
     ino = run(write_file, env.fs, b"f", data)
