@@ -68,6 +68,17 @@ def write_file(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def test_a_store_inside_a_fuse_mount_reads_through_threads(mdir: Path):
+    """A FUSE filesystem (this mount) may hang: a store on it never reads inline."""
+    from fusefs.mounts import filesystem_type, may_hang
+    from fusefs.stores.local import LocalStore
+
+    (mdir / "store").mkdir()
+    assert filesystem_type(mdir / "store") == "fuse.fusefs"
+    assert may_hang(mdir / "store")
+    assert not LocalStore(str(mdir / "store")).inline_reads
+
+
 # ------------------------------------------------------------------------------------------
 # create / open / read / write / close
 # ------------------------------------------------------------------------------------------

@@ -14,12 +14,14 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 
 from fusefs.errors import ConfigError, NoSuchObject, StoreError
+from fusefs.mounts import NETWORK_FILESYSTEMS, filesystem_type, may_hang
 from fusefs.stores.base import MARKER, Store, open_store
 from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.stores.s3 import S3Store
@@ -484,3 +486,15 @@ def test_local_read_into_reports_the_bytes_read(local: LocalStore) -> None:
         assert bytes(buf[:got]) == data[:got]
     with pytest.raises(NoSuchObject):
         local.read_into_blocking(name_of(2), memoryview(bytearray(10)))
+
+
+def test_filesystem_type_of_a_store_path(tmp_path: Path) -> None:
+    """Small local-store reads run on the event loop only on filesystems that cannot hang
+    for long; the type comes from /proc/mounts, as findmnt sees it."""
+    want = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(tmp_path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert filesystem_type(tmp_path) == want
+    assert filesystem_type(tmp_path / "not" / "created" / "yet") == want
+    assert may_hang(tmp_path) == (want in NETWORK_FILESYSTEMS or want.startswith("fuse"))
+    assert LocalStore(str(tmp_path)).inline_reads == (not may_hang(tmp_path))
+    assert filesystem_type("/proc/self") == "proc"

@@ -36,6 +36,9 @@ class Store(ABC):
     # then come off the disk in parallel although they are read one after the other).
     will_need_blocking: Callable[[str], None] | None = None
     put_blocking: Callable[[str, bytes | memoryview], None] | None = None
+    # A small blocking read costs less than the hop to a worker thread and may then run on
+    # the event loop: only on a local disk, where it cannot hang for long (not NFS or FUSE).
+    inline_reads: bool = False
 
     @abstractmethod
     async def get(self, name: str) -> bytes:
