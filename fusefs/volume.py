@@ -15,7 +15,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -35,6 +36,7 @@ from fusefs.stores.base import Store
 from fusefs.workers import run_cpu
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FAST_READ_LIMITER = trio.CapacityLimiter(8)  # whole-chunk reads from local stores
 _FAST_WRITE_LIMITER = trio.CapacityLimiter(4)  # whole-chunk seal + writes to local stores
@@ -45,11 +47,11 @@ HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another st
 HINT_MIN_SHARE = 256 << 10  # shares this big are announced to the kernel before reading
 #                             (the disk works on them together); small ones just cost syscalls
 FAST_PATH_TIMEOUT = 2.0  # the one-hop local read gives up and the hedged path takes over
-INLINE_SPAN_MAX = 256 << 10  # a ranged read this small from local disks runs on the event
-#                              loop: the two thread switches cost more than the pread (~40%
-#                              of a cold 128 KiB random read on a 2-core machine, measured)
-INLINE_SLOW = 0.05  # seconds: an inline read this slow (a sick disk) sends ranged reads back
-#                     to worker threads, which can time out, for STORE_RETRY_SECONDS
+INLINE_MAX = 256 << 10  # a read this small from local disks runs on the event loop: the
+#                         two thread switches cost more than the pread (~40% of a cold
+#                         128 KiB random read on a 2-core machine, measured)
+INLINE_SLOW = 0.05  # seconds: an inline read this slow (a sick disk) sends reads back to
+#                     worker threads, which can time out, for STORE_RETRY_SECONDS
 
 # Problems a share can have; these strings are event kinds (see events.py).
 MISSING, CHECKSUM, AUTH, UNREACHABLE = (
@@ -76,8 +78,9 @@ class Volume:
         self.volume_id = config.volume_id_bytes
         self._fast_reads = all(s.get_blocking is not None for s in stores)
         self._fast_ranges = all(s.get_range_blocking is not None for s in stores)
-        self._inline_ranges = self._fast_ranges and all(s.inline_reads for s in stores)
-        self._inline_off_until = 0.0  # time.monotonic() until which inline reads are off
+        self._inline_ok = self._fast_reads and self._fast_ranges and all(
+            s.inline_reads for s in stores)
+        self._inline_off = 0.0  # time.monotonic() until which inline reads are off
         self._fast_writes = all(s.put_blocking is not None for s in stores)
         self._down_until: dict[int, float] = {}  # store index -> monotonic retry time
         self._full_until: dict[int, float] = {}  # stores that refused a write for space
@@ -238,10 +241,8 @@ class Volume:
         if self._fast_reads:
             down = frozenset(si for si in self._down_until if self.store_down(si))
             try:
-                with trio.fail_after(FAST_PATH_TIMEOUT):
-                    plain, padded, errors = await trio.to_thread.run_sync(
-                        self._read_local, file_id, row, down, good, bad,
-                        limiter=_FAST_READ_LIMITER, abandon_on_cancel=True)
+                plain, padded, errors = await self._local(row.length, self._read_local,
+                                                          file_id, row, down, good, bad)
             except _NotHealthy as e:
                 errors = e.args[0]  # forged or too few shares: the careful path decides
             except trio.TooSlowError:
@@ -272,22 +273,12 @@ class Volume:
         pieces = span.pieces(size)
         if any(self.store_down(row.placement[i]) for i, _, _ in pieces):
             return None
-        if self._inline_ranges and end - start <= INLINE_SPAN_MAX \
-                and time.monotonic() >= self._inline_off_until:
-            t0 = time.monotonic()
-            got = self._read_span_local(file_id, row, span, pieces, end - start)
-            if time.monotonic() - t0 > INLINE_SLOW:
-                self._inline_off_until = time.monotonic() + STORE_RETRY_SECONDS
-                log.info("a %d-byte ranged read took %.0f ms: ranged reads go to worker "
-                         "threads for %.0f s", end - start, (time.monotonic() - t0) * 1e3,
-                         STORE_RETRY_SECONDS)
-            return got
         if self._fast_ranges:
-            with trio.move_on_after(FAST_PATH_TIMEOUT):
-                return await trio.to_thread.run_sync(
-                    self._read_span_local, file_id, row, span, pieces, end - start,
-                    limiter=_FAST_READ_LIMITER, abandon_on_cancel=True)
-            return None
+            try:
+                return await self._local(end - start, self._read_span_local, file_id, row,
+                                         span, pieces, end - start)
+            except trio.TooSlowError:
+                return None
         parts: list[bytes] = [b""] * len(pieces)
 
         async def one(j: int, i: int, off: int, n: int) -> None:
@@ -304,6 +295,24 @@ class Volume:
                                  self._cid(file_id, row), row.oid, ct, span, end - start,
                                  row.length, self.seg)
         return None
+
+    async def _local(self, nbytes: int, fn: Callable[..., T], *args: object) -> T:
+        """Run the local-store read `fn(*args)` of about `nbytes`: inline when small and every
+        store is on a local disk that has been quick, else in a worker thread (TooSlowError
+        after FAST_PATH_TIMEOUT: a hung disk)."""
+        if self._inline_ok and nbytes <= INLINE_MAX and time.monotonic() >= self._inline_off:
+            t0 = time.monotonic()
+            try:
+                return fn(*args)
+            finally:
+                took = time.monotonic() - t0
+                if took > INLINE_SLOW:
+                    self._inline_off = time.monotonic() + STORE_RETRY_SECONDS
+                    log.info("a %d-byte read took %.0f ms: small reads go to worker threads "
+                             "for %.0f s", nbytes, took * 1e3, STORE_RETRY_SECONDS)
+        with trio.fail_after(FAST_PATH_TIMEOUT):
+            return await trio.to_thread.run_sync(fn, *args, limiter=_FAST_READ_LIMITER,
+                                                 abandon_on_cancel=True)
 
     def _cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
         return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
