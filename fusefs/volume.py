@@ -79,7 +79,7 @@ class Volume:
         self._fast_reads = all(s.get_blocking is not None for s in stores)
         self._fast_ranges = all(s.get_range_blocking is not None for s in stores)
         self._inline_ok = self._fast_reads and self._fast_ranges and all(
-            s.inline_reads for s in stores)
+            s.inline_io for s in stores)
         self._inline_off = 0.0  # time.monotonic() until which inline reads are off
         self._fast_writes = all(s.put_blocking is not None for s in stores)
         self._down_until: dict[int, float] = {}  # store index -> monotonic retry time
@@ -143,8 +143,13 @@ class Volume:
         if self._fast_writes and not any(self._down_until.get(si) or self._full_until.get(si)
                                          for si in where):
             try:
-                digests, failed = await trio.to_thread.run_sync(
-                    self._seal_and_put, cid, oid, plain, where, limiter=_FAST_WRITE_LIMITER)
+                if self._inline_now(len(plain)):  # a small file: cheaper than a thread hop
+                    digests, failed = self._inline(len(plain), self._seal_and_put, cid, oid,
+                                                   plain, where)
+                else:
+                    digests, failed = await trio.to_thread.run_sync(
+                        self._seal_and_put, cid, oid, plain, where,
+                        limiter=_FAST_WRITE_LIMITER)
             except BaseException:
                 self.writing.discard(oid)
                 raise
@@ -166,8 +171,9 @@ class Volume:
 
     def _seal_and_put(self, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes,
                       where: bytes) -> tuple[list[bytes], dict[int, StoreError]]:
-        """Worker thread: seal a chunk and write its shares to local stores, one hop (the
-        file key too: deriving a new file's key is HKDF work the trio thread need not do)."""
+        """Local stores: seal a chunk and write its shares in one call (a worker thread, or
+        inline when small; the file key too: deriving a new file's key is HKDF work the trio
+        thread need not do for big chunks)."""
         aead = self.keys.file_aead(cid.file_id)
         shares, digests = chunkcodec.seal(aead, cid, oid, plain, self.k, self.m, self.seg)
         failed: dict[int, StoreError] = {}
@@ -297,22 +303,31 @@ class Volume:
         return None
 
     async def _local(self, nbytes: int, fn: Callable[..., T], *args: object) -> T:
-        """Run the local-store read `fn(*args)` of about `nbytes`: inline when small and every
-        store is on a local disk that has been quick, else in a worker thread (TooSlowError
-        after FAST_PATH_TIMEOUT: a hung disk)."""
-        if self._inline_ok and nbytes <= INLINE_MAX and time.monotonic() >= self._inline_off:
-            t0 = time.monotonic()
-            try:
-                return fn(*args)
-            finally:
-                took = time.monotonic() - t0
-                if took > INLINE_SLOW:
-                    self._inline_off = time.monotonic() + STORE_RETRY_SECONDS
-                    log.info("a %d-byte read took %.0f ms: small reads go to worker threads "
-                             "for %.0f s", nbytes, took * 1e3, STORE_RETRY_SECONDS)
+        """Run the local-store read `fn(*args)` of about `nbytes`: inline when `_inline_now`,
+        else in a worker thread (TooSlowError after FAST_PATH_TIMEOUT: a hung disk)."""
+        if self._inline_now(nbytes):
+            return self._inline(nbytes, fn, *args)
         with trio.fail_after(FAST_PATH_TIMEOUT):
             return await trio.to_thread.run_sync(fn, *args, limiter=_FAST_READ_LIMITER,
                                                  abandon_on_cancel=True)
+
+    def _inline_now(self, nbytes: int) -> bool:
+        """Whether local-store I/O of `nbytes` runs on the event loop: small, every store on a
+        local disk, and none of it slow lately."""
+        return self._inline_ok and nbytes <= INLINE_MAX and time.monotonic() >= self._inline_off
+
+    def _inline(self, nbytes: int, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on the event loop; when it was slow (a sick disk), inline I/O is off
+        for STORE_RETRY_SECONDS."""
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            took = time.monotonic() - t0
+            if took > INLINE_SLOW:
+                self._inline_off = time.monotonic() + STORE_RETRY_SECONDS
+                log.info("%d bytes of local I/O took %.0f ms: small I/O goes to worker "
+                         "threads for %.0f s", nbytes, took * 1e3, STORE_RETRY_SECONDS)
 
     def _cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
         return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)

@@ -76,7 +76,7 @@ def test_a_store_inside_a_fuse_mount_reads_through_threads(mdir: Path):
     (mdir / "store").mkdir()
     assert filesystem_type(mdir / "store") == "fuse.fusefs"
     assert may_hang(mdir / "store")
-    assert not LocalStore(str(mdir / "store")).inline_reads
+    assert not LocalStore(str(mdir / "store")).inline_io
 
 
 # ------------------------------------------------------------------------------------------

@@ -496,5 +496,5 @@ def test_filesystem_type_of_a_store_path(tmp_path: Path) -> None:
     assert filesystem_type(tmp_path) == want
     assert filesystem_type(tmp_path / "not" / "created" / "yet") == want
     assert may_hang(tmp_path) == (want in NETWORK_FILESYSTEMS or want.startswith("fuse"))
-    assert LocalStore(str(tmp_path)).inline_reads == (not may_hang(tmp_path))
+    assert LocalStore(str(tmp_path)).inline_io == (not may_hang(tmp_path))
     assert filesystem_type("/proc/self") == "proc"

@@ -98,12 +98,12 @@ class AsyncOnlyStore(LocalStore):
 
 
 class ThreadedLocalStore(LocalStore):
-    """A LocalStore as on a filesystem that may hang (NFS): small ranged reads go to a worker
-    thread instead of running on the event loop."""
+    """A LocalStore as on a filesystem that may hang (NFS): small reads and writes go to a
+    worker thread instead of running on the event loop."""
 
     def __init__(self, root: str) -> None:
         super().__init__(root)
-        self.inline_reads = False
+        self.inline_io = False
 
 
 def build_env(tmp_path: Path, store_cls: type[LocalStore]):
@@ -130,13 +130,15 @@ def build_env(tmp_path: Path, store_cls: type[LocalStore]):
 @pytest.fixture
 def env(tmp_path: Path, request: pytest.FixtureRequest):
     """A volume over LocalStores (reads take the one-hop path when all is healthy), or over
-    the store class given by `BOTH_READ_PATHS`."""
+    the store class given by `READ_PATHS`."""
     yield from build_env(tmp_path, getattr(request, "param", LocalStore))
 
 
-# Runs a test over both read paths: the one-hop local path and the general async one.
-BOTH_READ_PATHS = pytest.mark.parametrize("env", [LocalStore, AsyncOnlyStore],
-                                          ids=["local", "async-only"], indirect=True)
+# Runs a test over every read path: local stores inline on the event loop (small reads from
+# a local disk), local stores in one worker-thread hop, and the general async path.
+READ_PATHS = pytest.mark.parametrize(
+    "env", [LocalStore, ThreadedLocalStore, AsyncOnlyStore],
+    ids=["local-inline", "local-thread", "async-only"], indirect=True)
 
 
 def data_of(length: int, seed: int) -> bytes:
@@ -148,7 +150,7 @@ def data_of(length: int, seed: int) -> bytes:
 # ------------------------------------------------------------------------------------------
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 @pytest.mark.parametrize("length", [0, 1, 1000, MIN_CHUNK - 1, MIN_CHUNK])
 def test_write_then_read(env: Env, length: int) -> None:
     data = data_of(length, length)
@@ -163,14 +165,14 @@ def test_write_then_read(env: Env, length: int) -> None:
     assert env.events() == []
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_write_does_not_commit(env: Env) -> None:
     row, _ = trio.run(env.volume.write_chunk, env.ino, env.file_id, 0, b"abc", 0)
     assert env.meta.get_chunk(env.ino, 0) is None
     assert trio.run(env.volume.read_chunk, env.ino, env.file_id, row) == b"abc"
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_versions_and_files_are_independent(env: Env) -> None:
     other = env.meta.create_inode(os.urandom(16), stat.S_IFREG | 0o644, 0, 0, 1, 1)
     r1 = env.write(0, b"v1")
@@ -185,7 +187,7 @@ def test_versions_and_files_are_independent(env: Env) -> None:
     assert got == b"other file"
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_wrong_file_id_is_unrecoverable(env: Env) -> None:
     """All shares are intact, but they belong to another file: nothing may be returned."""
     row = env.write(0, data_of(5000, 1))
@@ -198,7 +200,7 @@ def test_wrong_file_id_is_unrecoverable(env: Env) -> None:
     assert {e["action"] for e in events} == {"unrecoverable"}
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_wrong_version_in_row_is_unrecoverable(env: Env) -> None:
     row = env.write(0, data_of(5000, 2))
     with pytest.raises(ChunkUnrecoverable):
@@ -325,7 +327,7 @@ def assert_share_events(env: Env, s, bad, corrupt: str, action: str) -> list[dic
     return events
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_swap_of_two_shares_is_healed(env: Env) -> None:
     s = make_scene(env)
     p0, p1 = env.path(s.row, 0), env.path(s.row, 1)
@@ -349,7 +351,7 @@ def test_swap_between_two_chunks_is_healed(env: Env) -> None:
     assert len(env.events()) == 2
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_bad_parity_share_is_not_needed(env: Env) -> None:
     """A healthy read fetches only the data shares: a bad parity share does not matter."""
     s = make_scene(env)
@@ -402,7 +404,7 @@ def forge_share(env: Env, s: Scene, i: int) -> ChunkRow:
     return row
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 @pytest.mark.parametrize("forged", [0, 1, 2])
 def test_forged_share_still_reads_right(env: Env, forged: int) -> None:
     s = make_scene(env)
@@ -423,7 +425,7 @@ def test_forged_share_is_healed(env: Env, forged: int) -> None:
     assert [e["action"] for e in env.events()] == ["healed"]
 
 
-@BOTH_READ_PATHS
+@READ_PATHS
 def test_forged_share_plus_a_missing_share(env: Env) -> None:
     s = make_scene(env)
     row = forge_share(env, s, 0)
@@ -538,14 +540,8 @@ def test_make_durable_without_garbage(env: Env) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-# Ranged reads: inline on the event loop (local disk), in a worker thread, or async.
-SPAN_READ_PATHS = pytest.mark.parametrize(
-    "env", [LocalStore, ThreadedLocalStore, AsyncOnlyStore],
-    ids=["local-inline", "local-thread", "async-only"], indirect=True)
-
-
 def test_local_disk_stores_read_small_spans_inline(tmp_path: Path) -> None:
-    assert LocalStore(str(tmp_path)).inline_reads  # tmp_path: a local filesystem here
+    assert LocalStore(str(tmp_path)).inline_io  # tmp_path: a local filesystem here
 
 
 def read_span(env: Env, row: ChunkRow, start: int, end: int) -> bytes | None:
@@ -563,7 +559,7 @@ def spans(length: int, seed: int = 0) -> list[tuple[int, int]]:
     return [(max(0, a), min(length, b)) for a, b in out if max(0, a) < min(length, b)]
 
 
-@SPAN_READ_PATHS
+@READ_PATHS
 @pytest.mark.parametrize("length", [1, SEG, 3 * SEG + 7, MIN_CHUNK])
 def test_read_span_returns_exactly_the_bytes(env: Env, length: int) -> None:
     data = data_of(length, 7)
@@ -585,7 +581,7 @@ def _spans_touching(row: ChunkRow, share: int) -> list[tuple[int, int]]:
     return touching
 
 
-@SPAN_READ_PATHS
+@READ_PATHS
 @pytest.mark.parametrize("corrupt", list(CORRUPTORS))
 @pytest.mark.parametrize("share", range(K))
 def test_read_span_never_returns_wrong_bytes(env: Env, corrupt: str, share: int) -> None:
@@ -609,7 +605,7 @@ def test_read_span_never_returns_wrong_bytes(env: Env, corrupt: str, share: int)
         assert read_span(env, s.row, a, b) == s.data[a:b]
 
 
-@SPAN_READ_PATHS
+@READ_PATHS
 def test_read_span_of_swapped_shares_gives_up(env: Env) -> None:
     s = make_scene(env, length=MIN_CHUNK)
     p0, p1 = env.path(s.row, 0), env.path(s.row, 1)

@@ -36,9 +36,10 @@ class Store(ABC):
     # then come off the disk in parallel although they are read one after the other).
     will_need_blocking: Callable[[str], None] | None = None
     put_blocking: Callable[[str, bytes | memoryview], None] | None = None
-    # A small blocking read costs less than the hop to a worker thread and may then run on
-    # the event loop: only on a local disk, where it cannot hang for long (not NFS or FUSE).
-    inline_reads: bool = False
+    # Small blocking reads and writes cost less than the hop to a worker thread and may then
+    # run on the event loop: only on a local disk, where they cannot hang for long (not NFS
+    # or FUSE).
+    inline_io: bool = False
 
     @abstractmethod
     async def get(self, name: str) -> bytes:

@@ -76,7 +76,7 @@ class LocalStore(Store):
         self.will_need_blocking = self._will_need_sync
         self.read_into_blocking = self._read_into_sync
         self.put_blocking = self._put_blocking
-        self.inline_reads = not may_hang(self.root)
+        self.inline_io = not may_hang(self.root)
 
     def _put_blocking(self, name: str, data: bytes | memoryview) -> None:
         self._put_sync(name, data)
