@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.stores.local import LocalStore, object_relpath
-from fusefs.volume import Volume
+from fusefs.volume import INLINE_SLOW, Volume
 
 K, M = 3, 2
 N = K + M
@@ -540,8 +541,54 @@ def test_make_durable_without_garbage(env: Env) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_local_disk_stores_read_small_spans_inline(tmp_path: Path) -> None:
-    assert LocalStore(str(tmp_path)).inline_io  # tmp_path: a local filesystem here
+class SickDiskStore(LocalStore):
+    """A LocalStore on a disk that answers slowly while `slow` is set (a failing drive);
+    records which thread each small read ran on."""
+
+    slow = False
+    threads: list[str] = []
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        plain_range, plain_into = self.get_range_blocking, self.read_into_blocking
+
+        def get_range(name: str, offset: int, length: int) -> bytes:
+            self._note()
+            return plain_range(name, offset, length)
+
+        def read_into(name: str, view: memoryview) -> int:
+            self._note()
+            return plain_into(name, view)
+
+        self.get_range_blocking, self.read_into_blocking = get_range, read_into
+
+    def _note(self) -> None:
+        SickDiskStore.threads.append(threading.current_thread().name)
+        if SickDiskStore.slow:
+            time.sleep(INLINE_SLOW * 2)  # the disk's latency, not synchronisation
+
+
+@pytest.mark.parametrize("env", [SickDiskStore], indirect=True)
+def test_small_reads_run_inline_until_the_disk_is_slow(env: Env) -> None:
+    """Small reads from local disks run on the event loop's thread; one slow answer sends
+    them to worker threads (which can time out around a hung disk) for a while."""
+    assert env.volume.stores[0].inline_io  # tmp_path: a local filesystem here
+    data = data_of(MIN_CHUNK, 21)
+    row = env.write(0, data)
+    main = threading.current_thread().name
+    SickDiskStore.threads.clear()
+    assert read_span(env, row, 10, 20) == data[10:20]
+    assert env.read(row) == data
+    assert set(SickDiskStore.threads) == {main}
+    SickDiskStore.slow = True
+    try:
+        assert read_span(env, row, 10, 20) == data[10:20]  # inline, and slow
+        SickDiskStore.threads.clear()
+        assert read_span(env, row, 30, 40) == data[30:40]
+        assert env.read(row) == data
+    finally:
+        SickDiskStore.slow = False
+    assert SickDiskStore.threads and main not in SickDiskStore.threads
 
 
 def read_span(env: Env, row: ChunkRow, start: int, end: int) -> bytes | None:
