@@ -407,6 +407,10 @@ class FileSystem:
             except BaseException:
                 self._drop_file_data(fd)
                 raise
+        if not writable and 0 < fd.size <= fd.cs and fd.opens == 1:
+            chunk = self.meta.get_chunk(ino, 0)
+            if chunk is not None and self.cache.get((ino, 0, chunk.oid)) is None:
+                self.volume.announce(chunk)
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = Handle(ino, fd, writable)

@@ -525,6 +525,17 @@ class Volume:
             raise _NotHealthy(errors) from None
         return plain, padded, errors
 
+    def announce(self, row: ChunkRow) -> None:
+        """Tell local disks that a read of this chunk's data shares is coming (a small file
+        just opened): they start on it while the FUSE round trips go on."""
+        if not self._inline_now(row.length):
+            return
+        for i in range(self.k):
+            si = row.placement[i]
+            hint = self.stores[si].will_need_blocking
+            if hint is not None and not self.store_down(si):
+                hint(self.keys.object_name(row.oid, i))
+
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str]) -> None:
         for i, why in sorted(bad.items()):
             self.events.record(why, action="unrecoverable",

@@ -253,6 +253,36 @@ def test_background_sealing(env: Env) -> None:
     assert run(read_all, env.fresh_fs(), ino) == data
 
 
+def test_read_only_open_of_a_small_file_announces_its_data_shares(env: Env) -> None:
+    """Local disks start on a small file's data shares at open (posix_fadvise WILLNEED), so
+    several readers' disk reads overlap although reads of small files run inline."""
+    data = data_of(CS // 2, seed=6)
+    ino = run(write_file, env.fs, b"small", data)
+    row = env.meta.get_chunk(ino, 0)
+    announced: list[str] = []
+    for store in env.volume.stores:
+        plain = store.will_need_blocking
+
+        def spy(name: str, plain=plain) -> None:
+            announced.append(name)
+            plain(name)
+
+        store.will_need_blocking = spy
+    fresh = env.fresh_fs()
+
+    async def main():
+        fh = await fresh.open(ino, os.O_RDONLY)
+        got = await fresh.read(fh, 0, CS)
+        await fresh.release(fh)
+        fh = await fresh.open(ino, RW)  # opened for writing: nothing to announce
+        await fresh.release(fh)
+        return got
+
+    assert run(main) == data
+    keys = env.volume.keys
+    assert sorted(announced) == sorted(keys.object_name(row.oid, i) for i in range(3))
+
+
 def test_background_sequential_read_with_readahead(env: Env) -> None:
     data = data_of(8 * CS, seed=4)
     ino = run(write_file, env.fs, b"ra", data, ROOT_INODE, CS)
