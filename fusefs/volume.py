@@ -47,11 +47,11 @@ HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another st
 HINT_MIN_SHARE = 256 << 10  # shares this big are announced to the kernel before reading
 #                             (the disk works on them together); small ones just cost syscalls
 FAST_PATH_TIMEOUT = 2.0  # the one-hop local read gives up and the hedged path takes over
-INLINE_MAX = 256 << 10  # a read this small from local disks runs on the event loop: the
-#                         two thread switches cost more than the pread (~40% of a cold
-#                         128 KiB random read on a 2-core machine, measured)
-INLINE_SLOW = 0.05  # seconds: an inline read this slow (a sick disk) sends reads back to
-#                     worker threads, which can time out, for STORE_RETRY_SECONDS
+INLINE_MAX = 256 << 10  # local-disk I/O this small (a ranged read, a small chunk read or
+#                         written) runs on the event loop: the two thread switches cost more
+#                         (~40% of a cold 128 KiB random read on a 2-core machine, measured)
+INLINE_SLOW = 0.05  # seconds: inline I/O this slow (a sick disk) sends small I/O back to
+#                     worker threads, whose reads can time out, for STORE_RETRY_SECONDS
 
 # Problems a share can have; these strings are event kinds (see events.py).
 MISSING, CHECKSUM, AUTH, UNREACHABLE = (
@@ -80,7 +80,7 @@ class Volume:
         self._fast_ranges = all(s.get_range_blocking is not None for s in stores)
         self._inline_ok = self._fast_reads and self._fast_ranges and all(
             s.inline_io for s in stores)
-        self._inline_off = 0.0  # time.monotonic() until which inline reads are off
+        self._inline_off = 0.0  # time.monotonic() until which inline I/O is off
         self._fast_writes = all(s.put_blocking is not None for s in stores)
         self._down_until: dict[int, float] = {}  # store index -> monotonic retry time
         self._full_until: dict[int, float] = {}  # stores that refused a write for space
@@ -460,13 +460,15 @@ class Volume:
     def _read_local(self, file_id: bytes, row: ChunkRow, down: frozenset[int],
                     good: dict[int, bytes], bad: dict[int, str]
                     ) -> tuple[bytes, memoryview, dict[int, StoreError]]:
-        """Worker thread, local stores: read shares in order (data shares first) until k are
-        good, verify, decode, decrypt: one thread hop per chunk, healthy or degraded.
+        """Local stores: read shares in order (data shares first) until k are good, verify,
+        decode, decrypt: one call per chunk (`_local`: inline or one worker-thread hop),
+        healthy or degraded.
 
         Fills good/bad; returns the plaintext, the authenticated padded ciphertext (what a
         heal slices or re-encodes lost shares from) and the stores that failed (the caller
-        marks them down on the trio thread). Raises _NotHealthy(failed stores) when fewer than k
-        shares are good or they do not authenticate; the careful async path takes over.
+        marks them down on the trio thread). Raises _NotHealthy(failed stores) when fewer
+        than k shares are good or they do not authenticate; the careful async path takes
+        over.
         """
         errors: dict[int, StoreError] = {}
         sealed = chunkcodec.sealed_length(row.length, self.seg)
