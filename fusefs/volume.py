@@ -474,10 +474,7 @@ class Volume:
         sealed = chunkcodec.sealed_length(row.length, self.seg)
         size = erasure.share_size(sealed, self.k)
         if size >= HINT_MIN_SHARE:
-            for i in range(self.k):
-                hint = self.stores[row.placement[i]].will_need_blocking
-                if hint is not None and row.placement[i] not in down:
-                    hint(self.keys.object_name(row.oid, i))
+            self._will_need(row, down)
         # The data shares side by side, plus one byte: each share is read with one byte of
         # slack (into the next slot, read after it) to see an extended share without fstat.
         # A share's slot is used only once it is wholly read.
@@ -530,12 +527,15 @@ class Volume:
     def announce(self, row: ChunkRow) -> None:
         """Tell local disks that a read of this chunk's data shares is coming (a small file
         just opened): they start on it while the FUSE round trips go on."""
-        if not self._inline_now(row.length):
-            return
+        if self._inline_now(row.length):
+            self._will_need(row, frozenset(si for si in row.placement if self.store_down(si)))
+
+    def _will_need(self, row: ChunkRow, down: frozenset[int]) -> None:
+        """Announce the k data shares of a chunk to their stores (skipping stores down)."""
         for i in range(self.k):
             si = row.placement[i]
             hint = self.stores[si].will_need_blocking
-            if hint is not None and not self.store_down(si):
+            if hint is not None and si not in down:
                 hint(self.keys.object_name(row.oid, i))
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str]) -> None:
