@@ -9,7 +9,8 @@ fusefs (pyfuse3 and trio in one Python process) with no encryption, erasure codi
 metadata database, so where it misses a figure, a pyfuse3 + trio daemon of this design
 cannot reach it on the machine. Every os call runs inline on the trio thread, blocking it,
 as in the simplest pyfuse3 daemons: no worker threads, so cold disk reads are not
-overlapped (fusefs uses threads for its stores). Mount options, entry and attribute
+overlapped (fusefs does the same for small I/O on local disks and uses worker threads for
+whole big chunks). Mount options, entry and attribute
 timeouts, keep_cache and the 4 MiB readahead (root only) are those of fusefs.
 
 Left out: rename, links, symlinks, xattrs; one path per inode (the source's st_ino); new

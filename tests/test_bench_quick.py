@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import fuse_mounts
+from helpers import fuse_mounts, fusermount_lazy, is_mounted, pid_alive, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+PASSTHROUGH = BENCH.parent / "passthrough.py"
 ROWS = [
     "1 sequential write",
     "2 sequential cold read",
@@ -57,3 +58,33 @@ def test_bench_quick(tmp_path: Path) -> None:
     # It cleaned up after itself: no mount left, its temp dir is gone.
     assert not [m for m in fuse_mounts() if m.startswith(str(tmp_path))]
     assert list(work.iterdir()) == []
+
+
+def test_passthrough_mirrors_its_source(tmp_path: Path) -> None:
+    """The bench's pass-through peer (the stack's ceiling) mounts, mirrors and unmounts."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    (src / "d").mkdir(parents=True)
+    mnt.mkdir()
+    (src / "d" / "old").write_bytes(b"x" * 300_000)
+    proc = subprocess.Popen([sys.executable, str(PASSTHROUGH), str(src), str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, 30)
+        assert is_mounted(mnt), proc.communicate(timeout=10)[0]
+        assert (mnt / "d" / "old").read_bytes() == b"x" * 300_000
+        data = os.urandom(1 << 20)
+        (mnt / "d" / "new").write_bytes(data)
+        assert (src / "d" / "new").read_bytes() == data
+        assert sorted(os.listdir(mnt / "d")) == ["new", "old"]
+        (mnt / "d" / "old").unlink()
+        assert not (src / "d" / "old").exists()
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=20)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if is_mounted(mnt):
+            fusermount_lazy(mnt)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert not is_mounted(mnt) and not pid_alive(proc.pid)
