@@ -44,8 +44,9 @@ DURABILITY_INTERVAL = 5.0  # seconds: like ext4's commit interval, the power-los
 STORE_RETRY_SECONDS = 15.0  # a failed store is skipped this long before it is tried again
 READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
 HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another store too
-HINT_MIN_SHARE = 256 << 10  # shares this big are announced to the kernel before reading
-#                             (the disk works on them together); small ones just cost syscalls
+HINT_MIN_SHARE = 256 << 10  # shares this big are announced to the kernel right before a
+#                             read (the disk works on them together); for small ones that only
+#                             costs syscalls (a small file is announced at open: `announce`)
 FAST_PATH_TIMEOUT = 2.0  # the one-hop local read gives up and the hedged path takes over
 INLINE_MAX = 256 << 10  # local-disk I/O this small (a ranged read, a small chunk read or
 #                         written) runs on the event loop: the two thread switches cost more

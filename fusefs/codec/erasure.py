@@ -48,13 +48,14 @@ def decode(shares: Mapping[int, Buffer], k: int, m: int, length: int) -> memoryv
     if len(shares) < k:
         raise ValueError(f"need {k} shares, got {len(shares)}")
     if all(i in shares for i in range(k)):
-        payload = b"".join(shares[i] for i in range(k))
-    else:
-        nums = sorted(shares)[:k]
-        blocks = [shares[i] for i in nums]  # fresh list: decode() reorders it in place
-        primary = zfec.Decoder(k, k + m).decode(blocks, list(nums))
-        payload = b"".join(primary)
-    return memoryview(payload)[:length]
+        return memoryview(b"".join(shares[i] for i in range(k)))[:length]
+    size = len(next(iter(shares.values())))
+    padded = memoryview(bytearray(k * size))
+    for i in range(k):
+        if i in shares:
+            padded[i * size : (i + 1) * size] = shares[i]
+    fill_missing(shares, k, m, padded)
+    return padded[:length]
 
 
 def fill_missing(shares: Mapping[int, Buffer], k: int, m: int, padded: memoryview) -> None:
