@@ -5,9 +5,10 @@
 #       fusefs mount /srv/fusefs/vol /mnt --foreground --key-file /srv/fusefs/vol.key
 FROM python:3.11-slim-bookworm
 
-# fuse3: fusermount3 for mounting; libfuse3-dev, pkg-config, gcc: pyfuse3 builds from source.
+# fuse3: fusermount3 for mounting; libfuse3-dev, pkg-config, gcc: pyfuse3 builds from source;
+# libisal2: ISA-L computes the erasure code ~15x faster than zfec alone.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends fuse3 libfuse3-dev pkg-config gcc \
+    && apt-get install -y --no-install-recommends fuse3 libfuse3-dev pkg-config gcc libisal2 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

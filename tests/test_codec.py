@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fusefs.codec import chunk, erasure
+from fusefs.codec import chunk, erasure, isal
 from fusefs.codec.checksum import DIGEST_LEN, digest
 from fusefs.codec.keys import KEY_LEN, VolumeKeys, create_key_file, load_key_file
 from fusefs.errors import KeyFileError
@@ -37,6 +37,43 @@ def as_bytes(shares) -> list[bytes]:
 # ------------------------------------------------------------------------------------------
 # erasure
 # ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, params=["isal", "zfec"])
+def erasure_backend(request, monkeypatch) -> str:
+    """Every codec test runs with both implementations of the GF(2^8) arithmetic."""
+    if request.param == "isal" and not isal.available:
+        pytest.skip("libisal (Debian/Ubuntu: libisal2) is not installed")
+    monkeypatch.setattr(erasure, "backend", request.param)
+    return request.param
+
+
+def test_isal_is_there_where_the_install_script_ran() -> None:
+    """CI installs libisal2: there the fast path must really be tested, not skipped."""
+    if os.environ.get("CI"):
+        assert isal.available
+
+
+@pytest.mark.parametrize("k,m", [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (10, 4)])
+def test_isal_computes_zfecs_exact_shares(k: int, m: int) -> None:
+    """Same parity bytes and same rebuilt data shares as zfec, for every size class of
+    ISA-L's kernels (their SIMD widths and tails) and every k-subset."""
+    if not isal.available:
+        pytest.skip("libisal is not installed")
+    import zfec
+
+    for size in (1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 4097):
+        data = [payload_of(size, seed=size + j) for j in range(k)]
+        expected = [bytes(p) for p in zfec.Encoder(k, k + m).encode(data, list(range(k, k + m)))]
+        dests = [bytearray(payload_of(size, seed=99)) for _ in range(m)]  # overwritten
+        isal.parity(data, k, m, list(range(k, k + m)), dests)
+        assert [bytes(d) for d in dests] == expected, f"parity, size {size}"
+        every = data + expected
+        for nums in combinations(range(k + m), k):
+            lost = [i for i in range(k) if i not in nums]
+            rebuilt = [bytearray(size) for _ in lost]
+            isal.recover([every[i] for i in nums], nums, k, m, lost, rebuilt)
+            assert [bytes(r) for r in rebuilt] == [data[i] for i in lost], f"{nums}, {size}"
 
 
 @pytest.mark.parametrize("k,m", [(3, 2), (1, 1), (2, 3), (4, 0), (5, 1)])
