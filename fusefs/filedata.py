@@ -227,6 +227,7 @@ class FileData:
 
     async def write(self, off: int, data: bytes) -> int:
         pos = 0
+        view = memoryview(data)  # slices of bytes would copy each piece once more
         try:
             while pos < len(data):
                 idx, a = divmod(off + pos, self.cs)
@@ -234,7 +235,7 @@ class FileData:
                 buf = await self._buffer(idx, whole=(a == 0 and n == self.cs))
                 if len(buf) < a:
                     buf.extend(bytes(a - len(buf)))
-                buf[a : a + n] = data[pos : pos + n]
+                buf[a : a + n] = view[pos : pos + n]
                 pos += n
                 self.size = max(self.size, idx * self.cs + a + n)
                 self.mtime_ns = self.ctime_ns = time.time_ns()
