@@ -239,6 +239,23 @@ SEG = 64 * 1024
 OID = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
+@pytest.mark.parametrize("k,m", [(3, 2), (2, 1), (5, 3), (1, 1)])
+@pytest.mark.parametrize("length", [
+    3 * 64 * 1024, 3 * 64 * 1024 + 5, 4 * MiB - 1, 4 * MiB, 9 * 64 * 1024 + 17])
+def test_big_shares_are_page_aligned_and_the_same_bytes(k: int, m: int, length: int) -> None:
+    """Shares of at least ALIGNED_SHARES_FROM are sealed into page-aligned buffers of their
+    own (segments straddling two shares split): byte for byte what slicing one contiguous
+    ciphertext gives."""
+    from fusefs.codec.buffers import address
+
+    aead, plain = make_aead(), payload_of(length, seed=length + k)
+    shares, _ = chunk.seal(aead, cid_of(), OID, plain, k, m, SEG)
+    contiguous = chunk.encrypt_padded(aead, cid_of(), OID, plain, k, SEG)
+    assert as_bytes(shares) == as_bytes(erasure.encode_padded(contiguous, k, m))
+    if len(shares[0]) >= chunk.ALIGNED_SHARES_FROM:
+        assert all(address(s) % 4096 == 0 for s in shares)
+
+
 @pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 1000, 64 * 1024, MiB + 17])
 def test_seal_open_round_trip(length: int) -> None:
     aead = make_aead()

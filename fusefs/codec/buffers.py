@@ -27,3 +27,25 @@ else:  # pragma: no cover - other interpreters
 
     def uninitialized(n: int) -> bytearray:
         return bytearray(n)
+
+
+PAGE = 4096
+
+
+def address(buf: bytearray | memoryview) -> int | None:
+    """Where a writable buffer's bytes start in memory; None for read-only ones."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    except (TypeError, ValueError):  # read-only (bytes), or empty
+        return None
+
+
+def page_aligned_slots(count: int, size: int) -> list[memoryview]:
+    """`count` uninitialised buffers of `size` bytes, each starting on a page boundary, cut
+    from one allocation: a store can write them with O_DIRECT without copying them."""
+    stride = -(-size // PAGE) * PAGE
+    raw = uninitialized(count * stride + PAGE)
+    start = address(raw)
+    skip = (-start) % PAGE if start is not None else 0
+    view = memoryview(raw)
+    return [view[skip + i * stride : skip + i * stride + size] for i in range(count)]

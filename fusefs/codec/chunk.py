@@ -25,12 +25,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fusefs.codec import erasure
-from fusefs.codec.buffers import uninitialized
+from fusefs.codec.buffers import page_aligned_slots, uninitialized
 from fusefs.codec.checksum import digest
 
 TAG_LEN = 16
 _AD = struct.Struct(">16s16sQQ")
 _U32 = struct.Struct(">I")
+# Shares this big are sealed into page-aligned buffers of their own, so a local store writes
+# them with O_DIRECT straight from there (stores/local.py); smaller ones are views of one
+# contiguous ciphertext buffer.
+ALIGNED_SHARES_FROM = 64 * 1024
 
 
 class AuthenticationFailed(Exception):
@@ -107,8 +111,46 @@ def seal(
     aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int, m: int, seg: int
 ) -> tuple[list[erasure.Buffer], list[bytes]]:
     """Encrypt and erasure-code one chunk; return its n shares and their digests."""
-    shares = erasure.encode_padded(encrypt_padded(aead, cid, oid, plain, k, seg), k, m)
+    length = sealed_length(len(plain), seg)
+    size = erasure.share_size(length, k)
+    if size < ALIGNED_SHARES_FROM:
+        shares = erasure.encode_padded(encrypt_padded(aead, cid, oid, plain, k, seg), k, m)
+    else:
+        shares = page_aligned_slots(k + m, size)
+        _encrypt_into_shares(aead, cid, oid, plain, seg, shares[:k], length)
+        erasure.encode_into(shares[:k], k, m, shares[k:])
     return shares, [digest(s) for s in shares]
+
+
+def _encrypt_into_shares(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview,
+                         seg: int, data: list[memoryview], length: int) -> None:
+    """`encrypt_into`, with the padded ciphertext cut into the k separate buffers `data`
+    (the same bytes as the slices of `encrypt_padded`). A segment that straddles two shares
+    is encrypted aside and split: one per share boundary."""
+    ad, prefix = cid.associated_data(), oid[:8]
+    view, size = memoryview(plain), len(data[0])
+    pos = 0
+    for j in range(segment_count(len(plain), seg)):
+        piece = view[j * seg : (j + 1) * seg]
+        end = pos + len(piece) + TAG_LEN
+        first, last = pos // size, (end - 1) // size
+        nonce, aad = prefix + _U32.pack(j), ad + _U32.pack(j)
+        if first == last:
+            at = pos - first * size
+            aead.encrypt_into(nonce, piece, aad, data[first][at : at + end - pos])
+        else:
+            ct = aead.encrypt(nonce, piece, aad)
+            done = 0
+            for i in range(first, last + 1):
+                a = max(pos, i * size) - i * size
+                b = min(end, (i + 1) * size) - i * size
+                data[i][a:b] = ct[done : done + b - a]
+                done += b - a
+        pos = end
+    # The zero padding, explicitly. It is all in the last share: size >= k here, so the
+    # k * size - length < k padding bytes fit in it.
+    tail = length - (len(data) - 1) * size
+    data[-1][tail:] = bytes(size - tail)
 
 
 def encrypt_padded(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int,

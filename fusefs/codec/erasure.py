@@ -49,6 +49,15 @@ def encode_padded(padded: Buffer, k: int, m: int) -> list[Buffer]:
     return [*data, *_parity(data, k, m, range(k, k + m))]
 
 
+def encode_into(data: Sequence[Buffer], k: int, m: int, parity: Sequence[Buffer]) -> None:
+    """Compute the m parity shares of the k data shares into the buffers `parity`."""
+    if backend == "isal":
+        isal.parity(data, k, m, range(k, k + m), parity)
+        return
+    for dest, share in zip(parity, _parity(data, k, m, range(k, k + m)), strict=True):
+        memoryview(dest)[:] = share
+
+
 def _parity(data: Sequence[Buffer], k: int, m: int, wanted: Sequence[int]) -> list[Buffer]:
     """Parity shares `wanted` (each >= k) of the k equal-sized data shares."""
     if backend == "isal":

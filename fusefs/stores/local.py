@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import trio
 
+from fusefs.codec.buffers import address
 from fusefs.errors import NoSuchObject, StoreError, StoreFull
 from fusefs.mounts import may_hang
 from fusefs.stores.base import MARKER, Store
@@ -75,19 +76,24 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 
 def _write_direct(fd: int, view: memoryview) -> None:
-    """Write view through fd (opened O_DIRECT): the aligned bulk straight to the disk from
-    an aligned copy, the last partial block buffered."""
+    """Write view through fd (opened O_DIRECT): the aligned bulk straight to the disk (from
+    the view itself when it starts on a page, as sealed shares do, else from an aligned
+    copy), the last partial block buffered."""
     bulk = len(view) // _ALIGN * _ALIGN
-    staging = _aligned.take(bulk)
-    try:
-        stage = memoryview(staging)
+    at = address(view)
+    if at is not None and at % _ALIGN == 0:
+        _write_all(fd, view[:bulk])  # partial direct writes stay block-aligned
+    else:
+        staging = _aligned.take(bulk)
         try:
-            stage[:bulk] = view[:bulk]
-            _write_all(fd, stage[:bulk])  # partial direct writes stay block-aligned
+            stage = memoryview(staging)
+            try:
+                stage[:bulk] = view[:bulk]
+                _write_all(fd, stage[:bulk])
+            finally:
+                stage.release()
         finally:
-            stage.release()
-    finally:
-        _aligned.give(staging)
+            _aligned.give(staging)
     if bulk < len(view):
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         _write_all(fd, view[bulk:])
@@ -221,7 +227,7 @@ class LocalStore(Store):
                 fd = self._create(tmp, direct)
             try:
                 if direct and self.direct_io:
-                    _write_direct(fd, view)
+                    self._write_direct(fd, view)
                 else:
                     _write_all(fd, view)
             finally:
@@ -231,6 +237,20 @@ class LocalStore(Store):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise self._error("write", name, e) from None
+
+    def _write_direct(self, fd: int, view: memoryview) -> None:
+        try:
+            _write_direct(fd, view)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # O_DIRECT opened but refused the write (alignment stricter than 4 KiB?):
+            # buffered from the start, and from now on
+            self.direct_io = False
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, view)
 
     def _create(self, tmp: str, direct: bool) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
