@@ -190,6 +190,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         async with trio.open_nursery() as nursery:
             fs.flusher.nursery = nursery
             volume.healer.nursery = nursery
+            volume.nursery = nursery
             nursery.start_soon(volume.healer.run_worker)
             nursery.start_soon(volume.run_durability)
             await nursery.start(ControlServer(vd.path, volume).serve)
@@ -203,6 +204,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     finally:
         fs.flusher.nursery = None
         volume.healer.nursery = None
+        volume.nursery = None
         if unmount:
             with trio.CancelScope(shield=True):
                 await fs.shutdown()

@@ -529,6 +529,6 @@ class FileSystem:
             if ino not in self.lookups and ino not in self.files:
                 self.meta.delete_inode(ino)
         try:
-            await self.volume.make_durable()
+            await self.volume.make_durable(wait_for_garbage=True)  # mount and unmount
         except StoreError as e:
             log.error("could not sync the stores: %s", e)

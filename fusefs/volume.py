@@ -87,6 +87,8 @@ class Volume:
         self._full_until: dict[int, float] = {}  # stores that refused a write for space
         self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
         self._durable_changes = -1  # meta.total_changes at the last durable point
+        self.nursery: trio.Nursery | None = None  # background garbage deletion; None: inline
+        self._collecting = False  # a background deletion pass is running
         events.resolve_path = meta.path_of
         self.healer = Healer(self)
 
@@ -574,12 +576,14 @@ class Volume:
                     nursery.start_soon(delete, i)
         return ok
 
-    async def make_durable(self) -> None:
+    async def make_durable(self, *, wait_for_garbage: bool = False) -> None:
         """Make every completed write durable, then delete the shares it replaced.
 
         Order: stores synced -> metadata WAL fsynced -> old shares deleted. Garbage is read
         before syncing so only rows whose replacement is already durable are deleted. A
         store that is down is skipped: its shares are not counted on (quorum, repairs).
+        With a nursery the deletion runs in the background: an fsync or close that replaced
+        a big file returns once the new data is durable, not after a thousand unlinks.
         """
         changes = self.meta.total_changes()
         if changes == self._durable_changes:
@@ -604,14 +608,56 @@ class Volume:
             raise failures[0] if failures else StoreError("too few stores are available")
         wal_size = await trio.to_thread.run_sync(self.meta.fsync_wal)
         self.meta.checkpoint_if_large(wal_size)
-        done = []
-        for gid, oid, where in garbage:
-            if await self.delete_shares(oid, where):
-                done.append(gid)
-        self.meta.garbage_done(done)
         # Commits made while this pass awaited are not covered: compare with the count taken
-        # before syncing (the garbage rows just deleted cost one more, cheap, pass).
-        self._durable_changes = changes if len(done) == len(garbage) else -1
+        # before syncing (the garbage rows deleted next cost one more, cheap, pass).
+        self._durable_changes = changes
+        if not garbage:
+            return
+        if self.nursery is None or wait_for_garbage:
+            await self._collect(garbage)
+        elif self._collecting:
+            self._durable_changes = -1  # the running pass may miss these: come back
+        else:
+            self._collecting = True
+            self.nursery.start_soon(self._collect_in_background, garbage)
+
+    async def _collect_in_background(self, garbage: list[tuple[int, bytes, bytes]]) -> None:
+        try:
+            await self._collect(garbage)
+        except Exception:
+            log.exception("deleting replaced shares failed")
+            self._durable_changes = -1
+        finally:
+            self._collecting = False
+
+    async def _collect(self, garbage: list[tuple[int, bytes, bytes]]) -> None:
+        """Delete the shares of durable-replaced chunk versions: one batch per store. A row
+        is done when every store took its deletes; the others stay for the next pass."""
+        names: dict[int, list[str]] = {}
+        for _, oid, where in garbage:
+            for i, si in enumerate(where):
+                names.setdefault(si, []).append(self.keys.object_name(oid, i))
+        refused: set[int] = set()
+
+        async def delete(si: int) -> None:
+            if self.store_down(si):
+                refused.add(si)
+                return
+            try:
+                await self.stores[si].delete_many(names[si])
+                self._full_until.pop(si, None)  # space was freed: try writing again
+            except StoreError as e:
+                log.warning("%s", e)
+                self.mark_down(si, e)
+                refused.add(si)
+
+        async with trio.open_nursery() as nursery:
+            for si in names:
+                nursery.start_soon(delete, si)
+        self.meta.garbage_done([gid for gid, _, where in garbage
+                                if not refused.intersection(where)])
+        if refused:
+            self._durable_changes = -1
 
     async def run_durability(self) -> None:
         """Daemon task: make closed-but-not-fsynced writes durable every few seconds and

@@ -187,6 +187,16 @@ class TestStoreContract:
         assert name_of(7) in str(err)
         assert store.url in str(err)
 
+    def test_delete_many_removes_present_and_ignores_missing(self, store: Store) -> None:
+        async def main():
+            for i in range(5):
+                await store.put(name_of(i), b"x%d" % i)
+            await store.delete_many([name_of(0), name_of(7), name_of(2), name_of(4)])
+            await store.delete_many([])
+            return sorted(await store.list())
+
+        assert run(main) == [name_of(1), name_of(3)]
+
     def test_delete_is_idempotent(self, store: Store) -> None:
         async def main():
             await store.delete(name_of(8))  # never existed

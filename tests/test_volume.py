@@ -528,6 +528,29 @@ def test_make_durable_with_already_missing_garbage(env: Env) -> None:
     assert len(env.all_objects()) == N
 
 
+def test_make_durable_in_a_daemon_deletes_garbage_after_returning(env: Env) -> None:
+    """Mounted (a nursery), the durable point returns once the new version is durable; the
+    old shares go in a background pass, all of them, one batch per store."""
+    old = [env.write(i, data_of(3000, i)) for i in range(4)]
+    new = [env.write(i, data_of(3000, i + 10)) for i in range(4)]
+    seen: dict[str, object] = {}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            env.volume.nursery = nursery
+            await env.volume.make_durable()
+            seen["garbage at return"] = len(env.meta.garbage())
+            seen["old shares at return"] = sum(env.path(r, i).exists() for r in old
+                                               for i in range(N))
+        env.volume.nursery = None  # the nursery has waited for the background pass
+
+    trio.run(main)
+    assert seen == {"garbage at return": 4, "old shares at return": 4 * N}
+    assert env.meta.garbage() == []
+    assert env.all_objects() == {env.path(r, i) for r in new for i in range(N)}
+    assert [env.read(r) for r in new] == [data_of(3000, i + 10) for i in range(4)]
+
+
 def test_make_durable_without_garbage(env: Env) -> None:
     row = env.write(0, b"only")
     trio.run(env.volume.make_durable)

@@ -273,6 +273,10 @@ class LocalStore(Store):
         except OSError as e:
             raise self._error("delete", name, e) from None
 
+    def _delete_many_sync(self, names: list[str]) -> None:
+        for name in names:
+            self._delete_sync(name)
+
     def _list_sync(self) -> list[str]:
         names = []
         try:
@@ -324,6 +328,10 @@ class LocalStore(Store):
 
     async def delete(self, name: str) -> None:
         await self._run(self._delete_sync, name)
+        self._dirty = True
+
+    async def delete_many(self, names: list[str]) -> None:
+        await self._run(self._delete_many_sync, names)
         self._dirty = True
 
     async def list(self) -> list[str]:

@@ -24,6 +24,7 @@ from fusefs.stores.base import MARKER, Store
 
 _PARALLEL = 16  # concurrent requests per store (connection pool size too)
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 
 
 class S3Store(Store):
@@ -106,6 +107,19 @@ class S3Store(Store):
             if _code(e) not in _MISSING_CODES:
                 raise self._error("delete", name, e) from None
 
+    def _delete_many_sync(self, names: list[str]) -> None:
+        for at in range(0, len(names), _DELETE_BATCH):
+            batch = names[at : at + _DELETE_BATCH]
+            try:
+                resp = self.client().delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(n)} for n in batch], "Quiet": True})
+            except Exception as e:  # noqa: BLE001
+                raise self._error("delete", f"{len(batch)} objects", e) from None
+            errors = [e for e in resp.get("Errors", ()) if e.get("Code") not in _MISSING_CODES]
+            if errors:
+                raise StoreError(f"store {self.url}: cannot delete {errors[0].get('Key')}: "
+                                 f"{errors[0].get('Code')} {errors[0].get('Message', '')}")
+
     def _list_sync(self) -> list[str]:
         start = f"{self.prefix}objects/"
         names: list[str] = []
@@ -145,6 +159,9 @@ class S3Store(Store):
 
     async def delete(self, name: str) -> None:
         await self._run(self._delete_sync, name)
+
+    async def delete_many(self, names: list[str]) -> None:
+        await self._run(self._delete_many_sync, names)
 
     async def list(self) -> list[str]:
         return await self._run(self._list_sync)
