@@ -88,7 +88,7 @@ class Volume:
         self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
         self._durable_changes = -1  # meta.total_changes at the last durable point
         self.nursery: trio.Nursery | None = None  # background garbage deletion; None: inline
-        self._collecting = False  # a background deletion pass is running
+        self._collection: trio.Event | None = None  # set when the background pass ends
         events.resolve_path = meta.path_of
         self.healer = Healer(self)
 
@@ -585,6 +585,8 @@ class Volume:
         With a nursery the deletion runs in the background: an fsync or close that replaced
         a big file returns once the new data is durable, not after a thousand unlinks.
         """
+        if wait_for_garbage and self._collection is not None:
+            await self._collection.wait()  # unmount: let a background pass finish first
         changes = self.meta.total_changes()
         if changes == self._durable_changes:
             return  # nothing committed since the last durable point
@@ -615,10 +617,10 @@ class Volume:
             return
         if self.nursery is None or wait_for_garbage:
             await self._collect(garbage)
-        elif self._collecting:
+        elif self._collection is not None:
             self._durable_changes = -1  # the running pass may miss these: come back
         else:
-            self._collecting = True
+            self._collection = trio.Event()
             self.nursery.start_soon(self._collect_in_background, garbage)
 
     async def _collect_in_background(self, garbage: list[tuple[int, bytes, bytes]]) -> None:
@@ -628,7 +630,9 @@ class Volume:
             log.exception("deleting replaced shares failed")
             self._durable_changes = -1
         finally:
-            self._collecting = False
+            if self._collection is not None:
+                self._collection.set()
+            self._collection = None
 
     async def _collect(self, garbage: list[tuple[int, bytes, bytes]]) -> None:
         """Delete the shares of durable-replaced chunk versions: one batch per store. A row

@@ -542,10 +542,13 @@ def test_make_durable_in_a_daemon_deletes_garbage_after_returning(env: Env) -> N
             seen["garbage at return"] = len(env.meta.garbage())
             seen["old shares at return"] = sum(env.path(r, i).exists() for r in old
                                                for i in range(N))
-        env.volume.nursery = None  # the nursery has waited for the background pass
+            await env.volume.make_durable(wait_for_garbage=True)  # as unmount does
+            seen["garbage after waiting"] = len(env.meta.garbage())
+        env.volume.nursery = None
 
     trio.run(main)
-    assert seen == {"garbage at return": 4, "old shares at return": 4 * N}
+    assert seen == {"garbage at return": 4, "old shares at return": 4 * N,
+                    "garbage after waiting": 0}
     assert env.meta.garbage() == []
     assert env.all_objects() == {env.path(r, i) for r in new for i in range(N)}
     assert [env.read(r) for r in new] == [data_of(3000, i + 10) for i in range(4)]
