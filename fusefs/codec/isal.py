@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import sys
 from collections.abc import Sequence
 
 import zfec
@@ -26,6 +27,8 @@ Buffer = bytes | bytearray | memoryview
 
 
 def _load() -> ctypes.CDLL | None:
+    if sys.implementation.name != "cpython":  # buffer addresses come from CPython's C API
+        return None
     for name in ("libisal.so.2", ctypes.util.find_library("isal")):
         if not name:
             continue
@@ -58,12 +61,13 @@ class _PyBuffer(ctypes.Structure):
                 ("internal", ctypes.c_void_p))
 
 
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
-_release_buffer.restype = None
+if available:
+    _get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+    _get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+    _get_buffer.restype = ctypes.c_int
+    _release_buffer = ctypes.pythonapi.PyBuffer_Release
+    _release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+    _release_buffer.restype = None
 _PYBUF_SIMPLE, _PYBUF_WRITABLE = 0, 1
 
 
