@@ -150,26 +150,52 @@ async def _store_states(cfg: VolumeConfig) -> list[dict]:
     return out
 
 
+def _still_unrecoverable(meta: MetaRepo, events: list[dict]) -> set[str]:
+    """Files with a chunk that a read or scrub found unrecoverable and that nothing has
+    fixed since: not deleted or truncated away, not rewritten (another chunk version), not
+    healed by a later pass (the store came back). Events from before versions were
+    recorded count until the file or chunk is gone."""
+    healed = {}  # (inode, chunk) -> index of the last heal event
+    for n, e in enumerate(events):
+        if e.get("action") == "healed":
+            healed[(e.get("inode"), e.get("chunk"))] = n
+    out = set()
+    for n, e in enumerate(events):
+        if e.get("action") != "unrecoverable":
+            continue
+        ino, idx = e.get("inode"), e.get("chunk")
+        if ino is None or idx is None:
+            if e.get("file"):
+                out.add(e["file"])
+            continue
+        row = meta.get_chunk(ino, idx) if meta.get_inode(ino) is not None else None
+        if row is None or healed.get((ino, idx), -1) > n:
+            continue
+        if e.get("version") is not None and row.oid.hex() != e["version"]:
+            continue
+        out.add(meta.path_of(ino) or e.get("file") or f"<inode {ino}>")
+    return out
+
+
 def status(target: str, as_json: bool) -> int:
     vd, mountpoint = _resolve(target)
     cfg = vd.load()
+    events = read_events(vd.path / "events.jsonl")
     meta = MetaRepo(vd.meta, read_only=True)
     try:
         st = meta.stats()
         stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares, cfg.segment_size)
         queued = meta.repair_count()
         at_risk = {meta.path_of(ino) or f"<inode {ino}>" for ino in meta.inodes_with_repairs()}
+        at_risk |= _still_unrecoverable(meta, events)
     finally:
         meta.close()
-    events = read_events(vd.path / "events.jsonl")
     by_store: dict[str, dict[str, int]] = {}
     by_action: dict[str, int] = {}
     for e in events:
         kinds = by_store.setdefault(e.get("store") or "-", {})
         kinds[e.get("kind", "?")] = kinds.get(e.get("kind", "?"), 0) + 1
         by_action[e.get("action", "?")] = by_action.get(e.get("action", "?"), 0) + 1
-        if e.get("action") == "unrecoverable" and e.get("file"):
-            at_risk.add(e["file"])
     report = {
         "volume": str(vd.path),
         "volume_id": cfg.volume_id,

@@ -10,6 +10,8 @@ action: healed, queued (for the repair queue), unrecoverable (fewer than K good 
         read failed with EIO), reported (scrub --no-repair), removed (orphan deleted),
         bypassed (a store skipped for a while), claimed, obsolete (the chunk was rewritten
         before the heal)
+version: the oid of the chunk version concerned (hex; it stays on this host, like the
+        metadata), so `status` can tell damage that a rewrite has since replaced
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class EventLog:
 
     def record(self, kind: str, *, action: str, store: str | None = None,
                obj: str | None = None, inode: int | None = None, chunk: int | None = None,
-               detail: str | None = None) -> None:
+               version: bytes | None = None, detail: str | None = None) -> None:
         """Append one event; never raises (a full disk must not break a read)."""
         event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kind": kind,
                  "store": store, "object": obj, "inode": inode, "chunk": chunk,
@@ -41,6 +43,8 @@ class EventLog:
                 event["file"] = self.resolve_path(inode)
             except Exception:  # noqa: BLE001 - an event must be recorded even so
                 event["file"] = None
+        if version is not None:  # which chunk version (its oid): `status` tells a rewrite
+            event["version"] = version.hex()
         if detail:
             event["detail"] = detail
         self.count += 1

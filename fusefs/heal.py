@@ -90,7 +90,7 @@ class Healer:
             store, name = v.stores[si], v.keys.object_name(row.oid, i)
             actions[i] = action = await self._rewrite(ino, row, i, why, fresh[i])
             v.events.record(why, action=action, store=store.url, obj=name, inode=ino,
-                            chunk=row.idx)
+                            chunk=row.idx, version=row.oid)
         return actions
 
     def _rebuild(self, row: ChunkRow, good: dict[int, bytes], wanted: list[int],

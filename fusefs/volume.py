@@ -546,7 +546,7 @@ class Volume:
             self.events.record(why, action="unrecoverable",
                                store=self.stores[row.placement[i]].url,
                                obj=self.keys.object_name(row.oid, i), inode=ino,
-                               chunk=row.idx)
+                               chunk=row.idx, version=row.oid)
         raise ChunkUnrecoverable(f"chunk {row.idx} of inode {ino}: fewer than {self.k} good "
                                  f"shares ({len(bad)} of {self.n} bad)")
 

@@ -33,6 +33,7 @@ from helpers import (
     assert_event_vocabulary,
     assert_tree,
     rand_bytes,
+    read_checked,
     read_events,
     read_uncached,
     scrub_json,
@@ -362,3 +363,31 @@ def test_full_store(store_mounts, mounter: Mounter, volume, tmp_path: Path):
     assert_tree(mnt, {**old, **new})
     mounter.umount(mnt)
     assert_event_vocabulary(read_events(vol))
+
+
+def test_files_at_risk_are_the_ones_still_unrecoverable(volume, mounter: Mounter,
+                                                        tmp_path: Path):
+    """A file whose chunk a read found unrecoverable stays "at risk" in status until the
+    damage is gone: rewriting the file (same size, same chunk version number) or deleting
+    it takes it off the list; the file left alone stays on it."""
+    vol = volume(chunk_size="64K")
+    files = {"keep.bin": rand_bytes(CHUNK, "keep"), "rewrite.bin": rand_bytes(CHUNK, "rw"),
+             "delete.bin": rand_bytes(100, "del")}
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    write_files(mnt, files)
+    mounter.umount(mnt)
+    for i in (0, 1, 2):  # 3 of 5 shares of every chunk gone: fewer than K=3 remain
+        for p in vol.objects(i):
+            p.unlink()
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    for rel in files:
+        assert read_checked(mnt / rel, files[rel]) == "eio", rel
+    assert set(status_json(mnt)["files_at_risk"]) == {"/keep.bin", "/rewrite.bin",
+                                                      "/delete.bin"}
+    (mnt / "rewrite.bin").write_bytes(rand_bytes(CHUNK, "rw2"))  # O_TRUNC: version 1 again
+    (mnt / "delete.bin").unlink()
+    st = status_json(mnt)
+    assert st["files_at_risk"] == ["/keep.bin"], st
+    assert st["events"]["by_action"]["unrecoverable"] >= 3  # the record itself stays
+    assert (mnt / "rewrite.bin").read_bytes() == rand_bytes(CHUNK, "rw2")
+    mounter.umount(mnt)
