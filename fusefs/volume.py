@@ -554,27 +554,32 @@ class Volume:
     async def delete_shares(self, oid: bytes, where: bytes,
                             skip: Iterable[int] = ()) -> bool:
         """Delete every share of one chunk version; False if a store refused."""
-        ok = True
         skipped = set(skip)
+        names = {si: [self.keys.object_name(oid, i)] for i, si in enumerate(where)
+                 if i not in skipped}
+        return not await self._delete_batches(names)
 
-        async def delete(i: int) -> None:
-            nonlocal ok
-            if self.store_down(where[i]):
-                ok = False
+    async def _delete_batches(self, names: dict[int, list[str]]) -> set[int]:
+        """Delete objects, one batch per store (store index -> names), the stores in
+        parallel; the stores that refused (down, or failing now: marked down)."""
+        refused: set[int] = set()
+
+        async def delete(si: int) -> None:
+            if self.store_down(si):
+                refused.add(si)
                 return
             try:
-                await self.stores[where[i]].delete(self.keys.object_name(oid, i))
-                self._full_until.pop(where[i], None)  # space was freed: try writing again
+                await self.stores[si].delete_many(names[si])
+                self._full_until.pop(si, None)  # space was freed: try writing again
             except StoreError as e:
                 log.warning("%s", e)
-                self.mark_down(where[i], e)
-                ok = False
+                self.mark_down(si, e)
+                refused.add(si)
 
         async with trio.open_nursery() as nursery:
-            for i in range(len(where)):
-                if i not in skipped:
-                    nursery.start_soon(delete, i)
-        return ok
+            for si in names:
+                nursery.start_soon(delete, si)
+        return refused
 
     async def make_durable(self, *, wait_for_garbage: bool = False) -> None:
         """Make every completed write durable, then delete the shares it replaced.
@@ -641,23 +646,7 @@ class Volume:
         for _, oid, where in garbage:
             for i, si in enumerate(where):
                 names.setdefault(si, []).append(self.keys.object_name(oid, i))
-        refused: set[int] = set()
-
-        async def delete(si: int) -> None:
-            if self.store_down(si):
-                refused.add(si)
-                return
-            try:
-                await self.stores[si].delete_many(names[si])
-                self._full_until.pop(si, None)  # space was freed: try writing again
-            except StoreError as e:
-                log.warning("%s", e)
-                self.mark_down(si, e)
-                refused.add(si)
-
-        async with trio.open_nursery() as nursery:
-            for si in names:
-                nursery.start_soon(delete, si)
+        refused = await self._delete_batches(names)
         self.meta.garbage_done([gid for gid, _, where in garbage
                                 if not refused.intersection(where)])
         if refused:
