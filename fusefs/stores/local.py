@@ -226,8 +226,8 @@ class LocalStore(Store):
                 os.makedirs(parent, exist_ok=True)
                 fd = self._create(tmp, direct)
             try:
-                if direct and self.direct_io:
-                    self._write_direct(fd, view)
+                if direct and self.direct_io:  # still on: _create may have turned it off
+                    self._write_direct_or_fall_back(fd, view)
                 else:
                     _write_all(fd, view)
             finally:
@@ -238,7 +238,7 @@ class LocalStore(Store):
                 os.unlink(tmp)
             raise self._error("write", name, e) from None
 
-    def _write_direct(self, fd: int, view: memoryview) -> None:
+    def _write_direct_or_fall_back(self, fd: int, view: memoryview) -> None:
         try:
             _write_direct(fd, view)
         except OSError as e:
