@@ -23,6 +23,7 @@ from fusefs.config import VolumeConfig, VolumeDir
 from fusefs.errors import ConfigError, FusefsError, KeyFileError, StoreError
 from fusefs.events import EventLog
 from fusefs.meta.repo import MetaRepo
+from fusefs.mounts import mounted_at
 from fusefs.ownership import ownership_problem
 from fusefs.stores.base import Store, open_store
 from fusefs.vfs import FileSystem
@@ -74,16 +75,16 @@ def tune_readahead(mp: Path, kib: int) -> None:
     """Raise the kernel's readahead for this mount (default 128 KiB): sequential readers then
     send 1 MiB requests, an eighth of the FUSE round trips. Root only; best effort.
 
-    The device number comes from /proc/self/mountinfo (st_dev of the mountpoint would do as
-    well, but a stat on the trio thread would ask this very daemon and deadlock).
+    The device number comes from the mount table (st_dev of the mountpoint would do as well,
+    but a stat on the trio thread would ask this very daemon and deadlock).
     """
+    entry = mounted_at(mp)
+    if entry is None:
+        log.info("cannot raise readahead of %s: not in the mount table", mp)
+        return
     try:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == str(mp):
-                Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{kib}\n")
-                log.info("readahead of %s set to %d KiB", mp, kib)
-                return
+        Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(f"{kib}\n")
+        log.info("readahead of %s set to %d KiB", mp, kib)
     except OSError as e:
         log.info("cannot raise readahead of %s: %s", mp, e)
 

@@ -31,6 +31,8 @@ from typing import Any
 import pyfuse3
 import trio
 
+from fusefs.mounts import mounted_at  # the project's one mount-table reader
+
 Ctx = pyfuse3.RequestContext
 Entry = pyfuse3.EntryAttributes
 
@@ -198,11 +200,9 @@ async def raise_readahead(mountpoint: str) -> None:
     """After INIT (a stat from a thread returns only then), as fusefs: best effort."""
     try:
         await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == mountpoint:
-                Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{READAHEAD_KIB}\n")
-                return
+        entry = mounted_at(mountpoint)
+        if entry is not None:
+            Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(f"{READAHEAD_KIB}\n")
     except OSError as e:
         print(f"passthrough: readahead not raised: {e}", file=sys.stderr)
 

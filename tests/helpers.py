@@ -1,8 +1,9 @@
 
 """Helpers for the real-mount tests: running the CLI, mounting and always unmounting, file trees.
 
-Everything here talks to fusefs only through its command-line contract (`python -m fusefs ...`)
-and through the mounted filesystem, never by importing the package.
+Everything here talks to fusefs through its command-line contract (`python -m fusefs ...`)
+and through the mounted filesystem. From the package it takes only the mount-table reader and
+where a local store keeps an object (to damage shares as an attacker with a disk would).
 
 Unmounting is defensive because a hung FUSE daemon blocks every process touching the mount
 (and every `sync()` on the machine): a mount is taken down with `fusefs umount`, then
@@ -29,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusefs.mounts import mounted_at, mountinfo
 from fusefs.stores.local import object_relpath
 
 FUSEFS = [sys.executable, "-m", "fusefs"]
@@ -197,23 +199,10 @@ def create_volume(
 # --------------------------------------------------------------------------------------------
 
 
-def _unescape_mountinfo(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
 def mount_entry(mnt: Path | str) -> tuple[int, str] | None:
     """(device minor, fstype) of the topmost mount at MNT, from mountinfo (never blocks)."""
-    target = os.path.abspath(mnt)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) < 5 or _unescape_mountinfo(fields[4]) != target:
-                continue
-            minor = int(fields[2].split(":")[1])
-            found = (minor, right.split()[0] if right else "")
-    return found
+    m = mounted_at(mnt)
+    return None if m is None else (int(m.device.split(":")[1]), m.fstype)
 
 
 def is_mounted(mnt: Path | str) -> bool:
@@ -221,13 +210,7 @@ def is_mounted(mnt: Path | str) -> bool:
 
 
 def fuse_mounts() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[:1] and re.fullmatch(r"fuse(\.\w+)?", right.split()[0]):
-                out.append(_unescape_mountinfo(left.split()[4]))
-    return out
+    return [m.mountpoint for m in mountinfo() if re.fullmatch(r"fuse(\.\w+)?", m.fstype)]
 
 
 def pid_alive(pid: int) -> bool:

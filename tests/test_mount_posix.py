@@ -1217,3 +1217,11 @@ def test_mount_raises_readahead_after_init(shared_fs):
     minor, _ = mount_entry(shared_fs.root)
     kib = int(Path(f"/sys/class/bdi/0:{minor}/read_ahead_kb").read_text())
     assert kib == 4096
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a bdi's readahead needs root")
+def test_readahead_is_raised_on_a_mountpoint_with_a_space(volume, mounted, tmp_path):
+    """The mount table escapes a space as \\040: the daemon must still find its own mount."""
+    mnt = mounted(volume(), tmp_path / "with space")
+    minor, _ = mount_entry(mnt)
+    assert int(Path(f"/sys/class/bdi/0:{minor}/read_ahead_kb").read_text()) == 4096
