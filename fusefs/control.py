@@ -20,7 +20,6 @@ from pathlib import Path
 import trio
 
 from fusefs.errors import FusefsError
-from fusefs.scrub import Scrubber
 from fusefs.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -87,8 +86,8 @@ class ControlServer:
             def progress(done: int, total: int, nbytes: int) -> None:
                 pending[:] = [(done, total, nbytes)]
 
-            scrubber = Scrubber(self.volume, repair=bool(request.get("repair", True)),
-                                rate=request.get("rate"), progress=progress)
+            scrubber = self.volume.scrubber(repair=bool(request.get("repair", True)),
+                                            rate=request.get("rate"), progress=progress)
             async with trio.open_nursery() as nursery:
                 async def reporter() -> None:
                     while True:

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 import trio
 
 from fusefs.errors import ChunkUnrecoverable, FusefsError, NoSuchObject, StoreError
+from fusefs.events import EventLog
+from fusefs.heal import Healer
+from fusefs.health import StoreHealth
+from fusefs.layout import Layout
+from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.ownership import ownership_problem
 from fusefs.stores.base import MARKER
-from fusefs.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +80,19 @@ Progress = Callable[[int, int, int], None]  # (chunks done, chunks total, bytes 
 
 
 class Scrubber:
-    def __init__(self, volume: Volume, *, repair: bool, rate: float | None = None,
-                 progress: Progress | None = None) -> None:
-        self.v = volume
+    def __init__(self, lay: Layout, health: StoreHealth, meta: MetaRepo, events: EventLog,
+                 healer: Healer, writing: set[bytes], *, repair: bool,
+                 rate: float | None = None, progress: Progress | None = None) -> None:
+        self.lay = lay
+        self.health = health
+        self.meta = meta
+        self.events = events
+        self.healer = healer
+        self.writing = writing  # oids being written: their objects are not orphans
         self.repair = repair
         self.rate = rate  # bytes per second read from the stores; None: unlimited
         self.progress = progress or (lambda done, total, nbytes: None)
-        self.report = ScrubReport(stores=[StoreReport(s.url) for s in volume.stores])
+        self.report = ScrubReport(stores=[StoreReport(s.url) for s in lay.stores])
 
     async def run(self) -> ScrubReport:
         start = time.monotonic()
@@ -90,35 +100,35 @@ class Scrubber:
         referenced = self._referenced()
         listings = await self._list_objects()
         if self.repair:
-            await self.v.healer.process_queue()
+            await self.healer.process_queue()
         await self._verify_chunks(start)
         await self._orphans(listings, referenced)
-        self.report.queued_repairs = self.v.meta.repair_count()
+        self.report.queued_repairs = self.meta.repair_count()
         self.report.seconds = time.monotonic() - start
         return self.report
 
     async def _check_stores(self) -> None:
         """Check each store's marker; claim an emptied or replaced one when repairing."""
-        for si, store in enumerate(self.v.stores):
+        for si, store in enumerate(self.lay.stores):
             rep = self.report.stores[si]
             try:
                 await store.check(writable=self.repair)
                 had_marker = await store.read_marker() is not None
-                problem = await ownership_problem(store, si, self.v.config.volume_id,
-                                                  self.v.keys, self.v.meta, claim=self.repair)
+                problem = await ownership_problem(store, si, self.lay.config.volume_id,
+                                                  self.lay.keys, self.meta, claim=self.repair)
                 if problem:
                     rep.state = problem
                 elif not had_marker:
-                    self.v.events.record("store_replaced", action="claimed", store=store.url)
+                    self.events.record("store_replaced", action="claimed", store=store.url)
             except FusefsError as e:
                 rep.state = f"unavailable: {e}"
-                self.v.mark_down(si, e if isinstance(e, StoreError) else StoreError(str(e)))
+                self.health.mark_down(si, e if isinstance(e, StoreError) else StoreError(str(e)))
                 continue
-            self.v.mark_up(si)  # reachable now: let repairs go to it at once
+            self.health.mark_up(si)  # reachable now: let repairs go to it at once
 
     async def _list_objects(self) -> list[set[str] | None]:
         out: list[set[str] | None] = []
-        for si, store in enumerate(self.v.stores):
+        for si, store in enumerate(self.lay.stores):
             try:
                 out.append(set(await store.list()) if self.report.stores[si].state == "ok"
                            else None)
@@ -127,33 +137,32 @@ class Scrubber:
         return out
 
     async def _verify_chunks(self, start: float) -> None:
-        v = self.v
-        total = v.meta.chunk_count()
+        total = self.meta.chunk_count()
         cursor = (0, -1)
         done = 0
         paths: dict[int, str] = {}
         while True:
-            batch = v.meta.chunks_after(*cursor, _BATCH)
+            batch = self.meta.chunks_after(*cursor, _BATCH)
             if not batch:
                 break
             for ino, file_id, row in batch:
                 cursor = (ino, row.idx)
-                if v.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
+                if self.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
                     continue  # rewritten since the batch was read
                 await self._verify_one(ino, file_id, row, paths)
                 done += 1
                 self.report.chunks = done
-                self.report.bytes_read += row.length * v.n // v.k
+                self.report.bytes_read += row.length * self.lay.n // self.lay.k
                 self.progress(done, max(total, done), self.report.bytes_read)
                 await self._throttle(start)
 
-    async def _verify_one(self, ino: int, file_id: bytes, row, paths: dict[int, str]) -> None:
-        v = self.v
+    async def _verify_one(self, ino: int, file_id: bytes, row: ChunkRow,
+                          paths: dict[int, str]) -> None:
         path = paths.get(ino)
         if path is None:
-            path = paths[ino] = v.events.resolve_path(ino) or f"<inode {ino}>"
+            path = paths[ino] = self.events.resolve_path(ino) or f"<inode {ino}>"
         try:
-            bad, actions = await v.healer.verify(ino, file_id, row, self.repair)
+            bad, actions = await self.healer.verify(ino, file_id, row, self.repair)
         except ChunkUnrecoverable as e:
             if path not in self.report.unrecoverable_files:
                 self.report.unrecoverable_files.append(path)
@@ -170,7 +179,7 @@ class Scrubber:
             if action != "healed":
                 self.report.damaged_files.setdefault(path, []).append(
                     f"chunk {row.idx} share {i} on {rep.url}: {why} ({action})")
-        for i in range(v.n):
+        for i in range(self.lay.n):
             self.report.stores[row.placement[i]].shares_checked += 1
 
     async def _throttle(self, start: float) -> None:
@@ -183,14 +192,13 @@ class Scrubber:
     def _referenced(self, into: list[set[str]] | None = None) -> list[set[str]]:
         """Per store, the object names some chunk version (current, garbage, being written)
         refers to right now."""
-        v = self.v
-        referenced = into if into is not None else [set() for _ in v.stores]
-        for oid, where in v.meta.all_versions():
+        referenced = into if into is not None else [set() for _ in self.lay.stores]
+        for oid, where in self.meta.all_versions():
             for i, si in enumerate(where):
-                referenced[si].add(v.keys.object_name(oid, i))
-        for oid in v.writing:
-            for i in range(v.n):
-                name = v.keys.object_name(oid, i)
+                referenced[si].add(self.lay.name(oid, i))
+        for oid in self.writing:
+            for i in range(self.lay.n):
+                name = self.lay.name(oid, i)
                 for ref in referenced:
                     ref.add(name)
         return referenced
@@ -200,7 +208,6 @@ class Scrubber:
         """Objects no chunk version referred to, neither before the walk nor after it, and
         that still exist after it. Files change during a mounted scrub: an object listed as
         garbage may be collected meanwhile, and a version may be written and replaced."""
-        v = self.v
         self._referenced(referenced)
         after = await self._list_objects()
         for si, names in enumerate(listings):
@@ -212,10 +219,10 @@ class Scrubber:
                 action = "reported"
                 if self.repair:
                     try:
-                        await v.stores[si].delete(name)
+                        await self.lay.stores[si].delete(name)
                         rep.orphans_removed += 1
                         action = "removed"
                     except (StoreError, NoSuchObject) as e:
                         log.warning("cannot remove orphan %s: %s", name, e)
-                v.events.record("unexpected_object", action=action, store=v.stores[si].url,
-                                obj=name)
+                self.events.record("unexpected_object", action=action,
+                                   store=self.lay.stores[si].url, obj=name)

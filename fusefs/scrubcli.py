@@ -61,7 +61,6 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
     from fusefs.events import EventLog
     from fusefs.meta.repo import MetaRepo
     from fusefs.mount import lock_volume, unlock_volume
-    from fusefs.scrub import Scrubber
     from fusefs.stores.base import open_store
     from fusefs.volume import Volume
 
@@ -75,8 +74,8 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
                             EventLog(vd.path / "events.jsonl"))
 
             async def run() -> dict:
-                report = await Scrubber(volume, repair=repair, rate=rate,
-                                        progress=bar.update).run()
+                report = await volume.scrubber(repair=repair, rate=rate,
+                                               progress=bar.update).run()
                 if repair:
                     await volume.make_durable()
                 return report.as_dict()

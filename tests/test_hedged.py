@@ -21,8 +21,9 @@ from fusefs.config import MIN_CHUNK, VolumeConfig
 from fusefs.errors import StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import MetaRepo
+from fusefs.shareio import HEDGE_DELAY
 from fusefs.stores.local import LocalStore, object_relpath
-from fusefs.volume import HEDGE_DELAY, Volume
+from fusefs.volume import Volume
 
 K, M, N = 3, 2, 5
 

@@ -28,7 +28,8 @@ from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.stores.local import LocalStore, object_relpath
-from fusefs.volume import INLINE_SLOW, Volume
+from fusefs.volume import Volume
+from fusefs.workers import INLINE_SLOW
 
 K, M = 3, 2
 N = K + M

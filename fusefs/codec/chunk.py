@@ -218,6 +218,41 @@ def open_(
     raise AuthenticationFailed("no subset of shares authenticates")
 
 
+def open_in_place(
+    aead: AESGCM,
+    cid: ChunkId,
+    oid: bytes,
+    plain_len: int,
+    shares: Mapping[int, erasure.Buffer],
+    padded: memoryview,
+    k: int,
+    m: int,
+    seg: int,
+) -> tuple[bytearray, memoryview | None, list[int]]:
+    """Decrypt a chunk from checksum-valid shares whose data shares already sit in their
+    slots of `padded` (k slots of share size): lost data shares are decoded into their
+    slots, so the ciphertext is contiguous without a copy.
+
+    Returns the plaintext, the authenticated padded ciphertext (None when it had to come
+    from another k-subset: `padded` then holds forged bytes) and the shares proven forged
+    (shares beyond the first k that do not re-encode from them). When the first k shares do
+    not authenticate, every k-subset is tried (`open_`); raises AuthenticationFailed when
+    none does.
+    """
+    try:
+        erasure.fill_missing(shares, k, m, padded)
+        plain = decrypt_segments(aead, cid, oid, padded[: sealed_length(plain_len, seg)], 0,
+                                 plain_len, seg)
+    except InvalidTag:
+        plain, forged = open_(aead, cid, oid, plain_len, shares, k, m, seg)
+        return plain, None, forged
+    extra = sorted(shares)[k:]
+    if not extra:
+        return plain, padded, []
+    expected = erasure.regenerate_padded(padded, k, m, extra)
+    return plain, padded, [i for i in extra if bytes(shares[i]) != bytes(expected[i])]
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """Where the plaintext bytes [start, end) of a chunk live in its ciphertext."""

@@ -1,0 +1,108 @@
+"""Writing chunks: seal, place, store with the write quorum, commit with what a store missed.
+
+Copy-on-write: every write is a new chunk version under a fresh random oid, so its shares
+never overwrite the shares of the version readers may still be using. `write` stores the
+shares (one plan, `_store`, carried out in one blocking call for local disks or with async
+puts in parallel) and `commit` records the row together with the repairs of shares a store
+did not take; the version it replaces becomes garbage in that same commit (`durability`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fusefs import placement
+from fusefs.codec import chunk as chunkcodec
+from fusefs.durability import delete_shares
+from fusefs.errors import StoreError, StoreFull
+from fusefs.events import EventLog
+from fusefs.health import UNREACHABLE, StoreHealth
+from fusefs.layout import Layout
+from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.shareio import AsyncRun, BlockingRun, Compute, Plan, Put
+from fusefs.workers import IoPolicy
+
+
+def _seal(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview
+          ) -> tuple[list, list[bytes]]:
+    """Encrypt and erasure-code one chunk (the file key too: deriving a new file's key is
+    HKDF work the event loop need not do for big chunks)."""
+    return chunkcodec.seal(lay.aead(cid.file_id), cid, oid, plain, lay.k, lay.m, lay.seg)
+
+
+def _store(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview,
+           where: bytes) -> Plan:
+    """Seal, then put share i on store where[i]. Returns (digests, failed puts)."""
+    shares, digests = yield Compute(len(plain), _seal, (lay, cid, oid, plain))
+    failed = yield Put(oid, shares, where)
+    return digests, failed
+
+
+class ChunkWriter:
+    def __init__(self, lay: Layout, health: StoreHealth, policy: IoPolicy, meta: MetaRepo,
+                 events: EventLog) -> None:
+        self.lay = lay
+        self.health = health
+        self.policy = policy
+        self.meta = meta
+        self.events = events
+        self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
+
+    async def write(self, file_id: bytes, idx: int, plain: bytes | memoryview,
+                    prev_version: int) -> tuple[ChunkRow, dict[int, str]]:
+        """Seal `plain` as a new version of chunk `idx` and store its shares.
+
+        Returns the row to commit and the shares that could not be stored (at most
+        n - quorum; share -> event kind). Raises StoreError when fewer than `quorum` stores
+        took a share; what was stored is deleted again and nothing is committed.
+        """
+        lay = self.lay
+        oid = os.urandom(16)
+        cid = chunkcodec.ChunkId(lay.volume_id, file_id, idx, prev_version + 1)
+        where = placement.place(oid, lay.n, len(lay.stores))
+        plan = _store(lay, cid, oid, plain, where)
+        self.writing.add(oid)
+        try:
+            if self.policy.writes and all(self.health.write_refusal(si) is None
+                                          for si in where):
+                run = BlockingRun(lay, frozenset())
+                try:
+                    digests, failed = await self.policy.write(len(plain), run.drive, plan)
+                finally:
+                    for si, e in run.failures.items():
+                        self.health.mark_down(si, e)
+            else:
+                digests, failed = await AsyncRun(lay, self.health).drive(plan)
+            if lay.n - len(failed) < lay.quorum:
+                await self._undo(oid, where, failed)
+        except BaseException:
+            self.writing.discard(oid)
+            raise
+        missing = {i: "store_full" if isinstance(e, StoreFull) else UNREACHABLE
+                   for i, e in sorted(failed.items())}
+        return ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests)), missing
+
+    async def _undo(self, oid: bytes, where: bytes, failed: dict[int, StoreError]) -> None:
+        """Below the write quorum: delete what was stored and raise the most telling error
+        ("no space" tells the user most)."""
+        await delete_shares(self.lay, self.health, oid, where, skip=failed)
+        first = next((e for e in failed.values() if isinstance(e, StoreFull)),
+                     next(iter(failed.values())))
+        n = self.lay.n
+        raise type(first)(f"only {n - len(failed)} of {n} stores took a share "
+                          f"(write quorum {self.lay.quorum}): {first}")
+
+    def commit(self, ino: int, row: ChunkRow, missing: dict[int, str],
+               size: int | None = None) -> None:
+        """Commit a written chunk version with its pending share repairs, atomically, and
+        record each share that could not be stored (share -> event kind)."""
+        with self.meta.transaction():
+            self.meta.put_chunk(ino, row, size=size)
+            now = time.time_ns()
+            for i, kind in missing.items():
+                self.meta.queue_repair(row.oid, i, ino, row.idx, kind, now)
+        self.writing.discard(row.oid)
+        for i, kind in missing.items():
+            self.events.record(kind, action="queued", store=self.lay.url_of(row, i),
+                               obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)

@@ -1,0 +1,64 @@
+"""The fixed facts of a volume that every data-path piece needs: its geometry (K, M,
+segment size, write quorum), its keys and its stores, and the names derived from them.
+
+Plain data, no behaviour beyond naming: who holds share i of a chunk version and under which
+name, what the associated data binds, how big its shares are. Readers, writers, healing,
+scrub and garbage collection share one `Layout` instead of reaching into each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fusefs.codec import chunk as chunkcodec
+from fusefs.codec import erasure
+from fusefs.codec.keys import VolumeKeys
+from fusefs.config import VolumeConfig
+from fusefs.meta.repo import ChunkRow
+from fusefs.stores.base import Store
+
+
+@dataclass(frozen=True)
+class Layout:
+    config: VolumeConfig
+    keys: VolumeKeys
+    stores: list[Store]
+    k: int = field(init=False)
+    m: int = field(init=False)
+    n: int = field(init=False)  # shares per chunk (k + m); may be fewer than the stores
+    seg: int = field(init=False)
+    quorum: int = field(init=False)  # stores that must take a share for a write to succeed
+    volume_id: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        for name, value in (("k", c.data_shares), ("m", c.parity_shares), ("n", c.n_shares),
+                            ("seg", c.segment_size), ("quorum", c.quorum),
+                            ("volume_id", c.volume_id_bytes)):
+            object.__setattr__(self, name, value)
+
+    def name(self, oid: bytes, share: int) -> str:
+        """The opaque object name of share `share` of chunk version `oid`."""
+        return self.keys.object_name(oid, share)
+
+    def store_of(self, row: ChunkRow, share: int) -> Store:
+        return self.stores[row.placement[share]]
+
+    def url_of(self, row: ChunkRow, share: int) -> str:
+        return self.stores[row.placement[share]].url
+
+    def cid(self, file_id: bytes, row: ChunkRow) -> chunkcodec.ChunkId:
+        """What a chunk version's associated data binds."""
+        return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
+
+    def aead(self, file_id: bytes) -> AESGCM:
+        return self.keys.file_aead(file_id)
+
+    def sealed_length(self, plain_len: int) -> int:
+        return chunkcodec.sealed_length(plain_len, self.seg)
+
+    def share_size(self, plain_len: int) -> int:
+        """Bytes in each share of a chunk of `plain_len` plaintext bytes."""
+        return erasure.share_size(self.sealed_length(plain_len), self.k)

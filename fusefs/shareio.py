@@ -1,0 +1,352 @@
+"""Share I/O for one chunk: the steps a read or write plan asks for, and the two ways of
+carrying them out.
+
+A plan (`chunkread`, `chunkwrite`) is a generator that does no I/O itself: it yields steps
+(`Fetch` shares until enough are good, `FetchRanges` of data shares, `Put` shares,
+`Compute` CPU work) and is sent each step's result. So each algorithm is written once, and
+how it fetches is the driver's business:
+
+- `BlockingRun`: local disks. Steps run one after the other through the stores' blocking
+  calls, the whole plan in one call, which `IoPolicy` runs inline or in one worker thread.
+  It touches no shared state: store failures are collected for the caller to report.
+- `AsyncRun`: any store. Shares are fetched in parallel and hedged (a store that has not
+  answered within HEDGE_DELAY does not set the latency), puts go out in parallel, CPU work
+  goes through `run_cpu`, and failing stores are bypassed at once (`StoreHealth`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from fusefs.codec.buffers import uninitialized
+from fusefs.codec.checksum import digest
+from fusefs.codec.erasure import Buffer
+from fusefs.errors import NoSuchObject, StoreError
+from fusefs.health import UNREACHABLE, StoreHealth
+from fusefs.layout import Layout
+from fusefs.meta.repo import ChunkRow
+from fusefs.workers import run_cpu
+
+READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
+HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another store too
+
+# Problems a share can have; these strings are event kinds (see events.py).
+MISSING, CHECKSUM, AUTH = "missing", "checksum_mismatch", "authentication_failure"
+
+
+# -- steps -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Fetch `shares` in this order until `need` more of them are good (into the set)."""
+
+    shares: ShareSet
+    order: list[int]
+    need: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRanges:
+    """Read (share, offset, length) pieces of a chunk's shares; the result is the list of
+    parts, or None when any piece failed or came back short."""
+
+    row: ChunkRow
+    pieces: list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Store share i under `oid` on store `where[i]`; the result maps the shares that
+    could not be stored to their errors."""
+
+    oid: bytes
+    shares: list[Buffer]
+    where: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    """CPU work of about `size` bytes: `fn(*args)`."""
+
+    size: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+Step = Fetch | FetchRanges | Put | Compute
+Plan = Generator[Step, Any, Any]
+
+
+class ShareSet:
+    """What a read has learnt about one chunk's shares: the good ones (checksum matches;
+    data shares sit in their slots of `buf`, side by side, which makes them the padded
+    ciphertext without a join), the bad ones and why."""
+
+    def __init__(self, lay: Layout, row: ChunkRow) -> None:
+        self.lay, self.row = lay, row
+        self.k = lay.k
+        self.size = lay.share_size(row.length)
+        # One byte more than k slots: a share read in place gets one byte of slack (into
+        # the next slot, read after it) to see an extended share without an fstat. A slot
+        # counts only once its share is wholly read.
+        self.buf = memoryview(uninitialized(self.k * self.size + 1))
+        self.good: dict[int, Buffer] = {}
+        self.bad: dict[int, str] = {}
+
+    @property
+    def padded(self) -> memoryview:
+        """The k data-share slots: the padded ciphertext once every one is filled."""
+        return self.buf[: self.k * self.size]
+
+    def slot(self, i: int, slack: int = 0) -> memoryview:
+        return self.buf[i * self.size : (i + 1) * self.size + slack]
+
+    def untried(self, order: list[int]) -> list[int]:
+        return [i for i in order if i not in self.good and i not in self.bad]
+
+    def take(self, i: int, data: Buffer) -> None:
+        """Sort a fetched share: good when its checksum matches the record, else bad."""
+        if digest(data) != self.row.share_digest(i):
+            self.bad[i] = CHECKSUM
+            return
+        if i < self.k:
+            slot = self.slot(i)
+            if data is not slot:
+                slot[:] = data
+            data = slot
+        self.good[i] = data
+
+    def take_in_slot(self, i: int, nread: int) -> None:
+        """Share i was read into its slot (with slack): `nread` bytes came."""
+        if nread != self.size:
+            self.bad[i] = CHECKSUM  # truncated or extended
+        else:
+            self.take(i, self.slot(i))
+
+
+# -- blocking driver ---------------------------------------------------------------------
+class BlockingRun:
+    """Carries out a plan with blocking store calls, one step after the other (local
+    disks). Stores in `down` are not asked; stores that fail are collected in `failures`
+    (store index -> error) for the caller to mark down on the event loop's thread."""
+
+    def __init__(self, lay: Layout, down: frozenset[int]) -> None:
+        self.lay = lay
+        self.down = down
+        self.failures: dict[int, StoreError] = {}
+
+    def drive(self, plan: Plan) -> Any:
+        """Run `plan` to its end and return its result. A step's exception (a chunk that
+        does not authenticate) is thrown into the plan, which may handle it."""
+        step = next(plan)
+        try:
+            while True:
+                try:
+                    value = self._do(step)
+                except Exception as e:  # noqa: BLE001 - the plan decides
+                    step = plan.throw(e)
+                else:
+                    step = plan.send(value)
+        except StopIteration as done:
+            return done.value
+
+    def _do(self, step: Step) -> Any:
+        if isinstance(step, Fetch):
+            target = len(step.shares.good) + step.need
+            for i in step.order:
+                if len(step.shares.good) >= target:
+                    break
+                self._fetch(step.shares, i)
+            return None
+        if isinstance(step, FetchRanges):
+            return self._ranges(step)
+        if isinstance(step, Put):
+            return self._put(step)
+        return step.fn(*step.args)
+
+    def _fetch(self, st: ShareSet, i: int) -> None:
+        si = st.row.placement[i]
+        if si in self.down:
+            st.bad[i] = UNREACHABLE
+            return
+        store, name = self.lay.stores[si], self.lay.name(st.row.oid, i)
+        try:
+            if i < st.k and store.read_into_blocking is not None:
+                st.take_in_slot(i, store.read_into_blocking(name, st.slot(i, slack=1)))
+            else:
+                st.take(i, store.get_blocking(name))  # type: ignore[misc]
+        except NoSuchObject:
+            st.bad[i] = MISSING
+        except StoreError as e:
+            st.bad[i] = UNREACHABLE
+            self.failures[si] = e
+
+    def _ranges(self, step: FetchRanges) -> list[bytes] | None:
+        parts = []
+        for i, off, n in step.pieces:
+            store = self.lay.store_of(step.row, i)
+            try:
+                part = store.get_range_blocking(  # type: ignore[misc]
+                    self.lay.name(step.row.oid, i), off, n)
+            except StoreError:
+                return None
+            if len(part) != n:
+                return None
+            parts.append(part)
+        return parts
+
+    def _put(self, step: Put) -> dict[int, StoreError]:
+        failed: dict[int, StoreError] = {}
+        for i, share in enumerate(step.shares):
+            si = step.where[i]
+            try:
+                self.lay.stores[si].put_blocking(  # type: ignore[misc]
+                    self.lay.name(step.oid, i), share)
+            except StoreError as e:
+                failed[i] = self.failures[si] = e
+        return failed
+
+
+# -- async driver ------------------------------------------------------------------------
+class AsyncRun:
+    """Carries out a plan with the stores' async calls: fetches in parallel and hedged,
+    puts in parallel, CPU work off the event loop when big. Stores that fail are bypassed
+    at once (`health`), so concurrent requests stop waiting for them too."""
+
+    def __init__(self, lay: Layout, health: StoreHealth) -> None:
+        self.lay = lay
+        self.health = health
+
+    async def drive(self, plan: Plan) -> Any:
+        """As `BlockingRun.drive`, with the steps awaited."""
+        step = next(plan)
+        try:
+            while True:
+                try:
+                    value = await self._do(step)
+                except Exception as e:  # noqa: BLE001 - the plan decides
+                    step = plan.throw(e)
+                else:
+                    step = plan.send(value)
+        except StopIteration as done:
+            return done.value
+
+    async def _do(self, step: Step) -> Any:
+        if isinstance(step, Fetch):
+            return await self._fetch_step(step)
+        if isinstance(step, FetchRanges):
+            return await self._ranges(step)
+        if isinstance(step, Put):
+            return await self._put(step)
+        return await run_cpu(step.size, step.fn, *step.args)
+
+    async def _fetch_step(self, step: Fetch) -> None:
+        """Hedged when it needs fewer shares than it may try; else all at once (scrub)."""
+        if step.need < len(step.order):
+            await self._fetch_hedged(step.shares, step.order, step.need)
+            return
+        async with trio.open_nursery() as nursery:
+            for i in step.order:
+                nursery.start_soon(self._fetch, step.shares, i)
+
+    async def _fetch(self, st: ShareSet, i: int) -> None:
+        si = st.row.placement[i]
+        if self.health.down(si):
+            st.bad[i] = UNREACHABLE
+            return
+        try:
+            with trio.fail_after(READ_TIMEOUT):
+                data = await self.lay.stores[si].get(self.lay.name(st.row.oid, i))
+        except NoSuchObject:
+            st.bad[i] = MISSING
+            return
+        except (StoreError, trio.TooSlowError) as e:
+            st.bad[i] = UNREACHABLE
+            self.health.mark_down(si, e if isinstance(e, StoreError) else StoreError(
+                f"store {self.lay.stores[si].url} did not answer within {READ_TIMEOUT} s"))
+            return
+        st.take(i, data)
+
+    async def _fetch_hedged(self, st: ShareSet, order: list[int], need: int) -> None:
+        """Fetch until `need` more shares are good, trying `order` in turn.
+
+        Starts `need` fetches; a failure starts the next candidate at once, and so does a
+        wait longer than HEDGE_DELAY. Fetches still running when enough shares are in are
+        abandoned, and a store that kept one waiting longer than HEDGE_DELAY is bypassed.
+        """
+        pending = list(order)
+        target = len(st.good) + need
+        started: dict[int, float] = {}
+        send, recv = trio.open_memory_channel[int](len(pending))
+
+        async def one(i: int) -> None:
+            try:
+                await self._fetch(st, i)
+            finally:
+                send.send_nowait(i)
+
+        async with trio.open_nursery() as nursery:
+            def launch() -> None:
+                i = pending.pop(0)
+                started[i] = trio.current_time()
+                nursery.start_soon(one, i)
+
+            for _ in range(min(need, len(pending))):
+                launch()
+            while len(st.good) < target and started:
+                with trio.move_on_after(HEDGE_DELAY) as waited:
+                    i = await recv.receive()
+                    del started[i]
+                    if i in st.bad and pending:
+                        launch()
+                if waited.cancelled_caught and pending:
+                    launch()
+            now = trio.current_time()
+            for i, t0 in started.items():
+                if now - t0 >= HEDGE_DELAY:
+                    si = st.row.placement[i]
+                    self.health.mark_down(si, StoreError(
+                        f"store {self.lay.stores[si].url} is slow (no answer in "
+                        f"{HEDGE_DELAY} s)"))
+            nursery.cancel_scope.cancel()
+
+    async def _ranges(self, step: FetchRanges) -> list[bytes] | None:
+        parts: list[bytes | None] = [None] * len(step.pieces)
+
+        async def one(j: int, i: int, off: int, n: int) -> None:
+            with contextlib.suppress(StoreError):  # left out: the caller reads it whole
+                parts[j] = await self.lay.store_of(step.row, i).get_range(
+                    self.lay.name(step.row.oid, i), off, n)
+
+        with trio.move_on_after(HEDGE_DELAY):  # a slow store: the whole read asks others
+            async with trio.open_nursery() as nursery:
+                for j, (i, off, n) in enumerate(step.pieces):
+                    nursery.start_soon(one, j, i, off, n)
+            if all(p is not None and len(p) == n
+                   for p, (_, _, n) in zip(parts, step.pieces, strict=True)):
+                return parts  # type: ignore[return-value]
+        return None
+
+    async def _put(self, step: Put) -> dict[int, StoreError]:
+        failed: dict[int, StoreError] = {}
+
+        async def put(i: int) -> None:
+            si = step.where[i]
+            refusal = self.health.write_refusal(si)
+            if refusal is not None:
+                failed[i] = refusal
+                return
+            try:
+                await self.lay.stores[si].put(self.lay.name(step.oid, i), step.shares[i])
+            except StoreError as e:
+                failed[i] = e
+                self.health.mark_down(si, e)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(step.shares)):
+                nursery.start_soon(put, i)
+        return failed
