@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 
+from fusefs.mounts import containing_mount
+
 from . import FUSEFS_IMPORTABLE
 from .config import REPO, SMALL_SIZE, BenchError, GiB, K, KiB, N, Sizes, log, warn
 from .report import report
 from .runner import Bench
 from .systems import FuseSystem
-from .sysutil import filesystem_of
 
 
 def main(a: argparse.Namespace) -> int:
@@ -66,7 +67,8 @@ def check_machine(base: str, sizes: Sizes) -> tuple[str, str]:
                          "--cap-add SYS_ADMIN)")
     if shutil.which("fusermount3") is None:
         raise BenchError("fusermount3 is not installed (apt-get install fuse3)")
-    _, fstype, source = filesystem_of(base)
+    mount = containing_mount(base)
+    fstype, source = (mount.fstype, mount.source) if mount else ("?", "?")
     if fstype in ("tmpfs", "ramfs"):
         warn(f"{base} is on {fstype}: the 'raw' figures measure memory, not a disk")
     amplification = 1 + N / K

@@ -1,48 +1,24 @@
-"""What the benchmark asks of the machine: the mount table (is a path mounted, which
-filesystem holds it), syncing one filesystem, dropping the page cache, running a command
-quietly, and watching a daemon process (alive? peak RSS?)."""
+"""What the benchmark asks of the machine: whether a path is mounted (through fusefs.mounts,
+the project's one mount-table reader), syncing one filesystem, dropping the page cache,
+running a command quietly, and watching a daemon process (alive? peak RSS?)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
-import re
 import subprocess
 import tempfile
 import time
 
+from fusefs.mounts import mounted_at
+
 from .config import BenchError, warn
 
 
-def _unescape(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
-def mountinfo() -> list[tuple[str, str, str]]:
-    """(mountpoint, fstype, source) of every mount; reading it never blocks on a FUSE daemon."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) >= 5 and len(rfields) >= 2:
-                out.append((_unescape(fields[4]), rfields[0], _unescape(rfields[1])))
-    return out
-
-
 def is_mounted(path: str) -> bool:
-    target = os.path.abspath(path)
-    return any(mp == target for mp, _, _ in mountinfo())
-
-
-def filesystem_of(path: str) -> tuple[str, str, str]:
-    path = os.path.realpath(path)
-    best = ("/", "?", "?")
-    for mp, fstype, source in mountinfo():
-        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best[0]):
-            best = (mp, fstype, source)
-    return best
+    """Something is mounted exactly at PATH (never blocks on a FUSE daemon)."""
+    return mounted_at(path) is not None
 
 
 _LIBC = None
