@@ -14,19 +14,12 @@ from pathlib import Path
 import trio
 
 from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file
-from fusefs.config import (
-    DEFAULT_CHUNK,
-    DEFAULT_SEGMENT,
-    VolumeConfig,
-    VolumeDir,
-    parse_size,
-    validate,
-)
+from fusefs.config import DEFAULT_CHUNK, DEFAULT_SEGMENT, VolumeConfig, parse_size, validate
 from fusefs.errors import ConfigError, FusefsError, StoreError
 from fusefs.events import read_events
 from fusefs.meta.repo import MetaRepo
-from fusefs.mounts import find_by_mountpoint, find_by_volume
-from fusefs.stores.base import Store, open_store
+from fusefs.stores import Store, open_store
+from fusefs.volumedir import VolumeDir, resolve_target
 
 
 def default_shares(n_stores: int, k: int | None, m: int | None) -> tuple[int, int]:
@@ -119,17 +112,6 @@ async def _write_markers(stores: list[Store], volume_id: str) -> None:
 
 
 # -- status ------------------------------------------------------------------------------
-def _resolve(target: str) -> tuple[VolumeDir, str | None]:
-    vd = VolumeDir(target)
-    if vd.is_volume():
-        entry = find_by_volume(vd.path)
-        return vd, str(entry.mountpoint) if entry else None
-    entry = find_by_mountpoint(target)
-    if entry is not None:
-        return VolumeDir(entry.volume), str(entry.mountpoint)
-    raise ConfigError(f"{target} is neither a fusefs volume nor a mounted fusefs volume")
-
-
 async def _store_states(cfg: VolumeConfig) -> list[dict]:
     out = []
     for url in cfg.stores:
@@ -178,9 +160,10 @@ def _still_unrecoverable(meta: MetaRepo, events: list[dict]) -> set[str]:
 
 
 def status(target: str, as_json: bool) -> int:
-    vd, mountpoint = _resolve(target)
+    vd, entry = resolve_target(target)
+    mountpoint = str(entry.mountpoint) if entry else None
     cfg = vd.load()
-    events = read_events(vd.path / "events.jsonl")
+    events = read_events(vd.events)
     meta = MetaRepo(vd.meta, read_only=True)
     try:
         st = meta.stats()

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from fusefs import __version__
 from fusefs.errors import FusefsError
@@ -99,17 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def setup_logging(logfile: Path, to_stderr: bool) -> None:
-    handlers: list[logging.Handler] = [logging.FileHandler(logfile)]
-    if to_stderr:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
-    from fusefs.config import VolumeDir
     from fusefs.mount import MountOptions, preflight, serve
+    from fusefs.volumedir import VolumeDir
 
     vd = VolumeDir(args.volume)
     opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other)
@@ -127,7 +118,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ready_fd = None
 
     vd.load()  # the log lives in the volume: refuse a non-volume before creating a file
-    setup_logging(vd.log, to_stderr=args.ready_fd is None)
+    vd.log_here(to_stderr=args.ready_fd is None)
     try:
         serve(vd, args.key_file, args.mountpoint, opts, ready)
     except FusefsError:
@@ -165,8 +156,8 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
 
 
 def cmd_umount(mountpoint: str) -> int:
-    from fusefs.config import VolumeDir
     from fusefs.mounts import find_by_mountpoint
+    from fusefs.volumedir import VolumeDir
 
     entry = find_by_mountpoint(mountpoint)
     if entry is None:

@@ -1,21 +1,12 @@
-"""The volume directory: its config file, key check, and the paths of its state files.
+"""A volume's configuration (`fusefs.toml`): its id, K and M, chunk and segment size, the
+store URLs and the key check; the limits that make a configuration usable; size parsing.
 
-VOLUME/fusefs.toml  config (volume id, K, M, chunk and segment size, stores, key check)
-VOLUME/meta.db      metadata (SQLite WAL)
-VOLUME/fusefs.log   daemon log
-VOLUME/fusefs.pid   pid of the mounted daemon (removed on clean exit)
-VOLUME/fusefs.lock  flock held by the mounted daemon: one mount per volume
-VOLUME/fusefs.key   master key, only when init was given no --key-file
+Where the file lives and how a volume directory is used is `volumedir`'s business.
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
-import tomli_w
+from dataclasses import dataclass
 
 from fusefs.errors import ConfigError
 
@@ -55,47 +46,6 @@ class VolumeConfig:
     @property
     def volume_id_bytes(self) -> bytes:
         return bytes.fromhex(self.volume_id)
-
-
-class VolumeDir:
-    """Paths inside a volume directory."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path).absolute()
-
-    config = property(lambda self: self.path / CONFIG_NAME)
-    meta = property(lambda self: self.path / "meta.db")
-    log = property(lambda self: self.path / "fusefs.log")
-    pid = property(lambda self: self.path / "fusefs.pid")
-    lock = property(lambda self: self.path / "fusefs.lock")
-    default_key = property(lambda self: self.path / "fusefs.key")
-
-    def is_volume(self) -> bool:
-        return self.config.is_file()
-
-    def load(self) -> VolumeConfig:
-        if not self.path.is_dir():
-            raise ConfigError(f"{self.path} does not exist or is not a directory")
-        if not self.is_volume():
-            raise ConfigError(f"{self.path} is not a fusefs volume (no {CONFIG_NAME})")
-        try:
-            raw = tomllib.loads(self.config.read_text())
-            cfg = VolumeConfig(**raw)
-        except (OSError, ValueError, TypeError) as e:
-            raise ConfigError(f"volume config {self.config} is broken: {e}") from None
-        if cfg.format != FORMAT:
-            raise ConfigError(f"volume {self.path} has format {cfg.format}; this fusefs "
-                              f"understands format {FORMAT}")
-        validate(cfg)
-        return cfg
-
-    def save(self, cfg: VolumeConfig) -> None:
-        tmp = self.config.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            tomli_w.dump(asdict(cfg), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.config)
 
 
 def validate(cfg: VolumeConfig) -> None:

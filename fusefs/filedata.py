@@ -290,7 +290,7 @@ class FileData:
         After this, the data survives a crash of the daemon (kill -9) and the loss of up to
         M stores: every share is in its store and the metadata is committed. `durable` also
         syncs the stores and the metadata journal (power loss), as fsync(2) must; close(2)
-        leaves that to the periodic durability pass (`Volume.DURABILITY_INTERVAL`).
+        leaves that to the periodic durability pass (`durability.DURABILITY_INTERVAL`).
         """
         for idx in sorted(self.dirty):
             await self._start_flush(idx)

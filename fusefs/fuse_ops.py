@@ -1,8 +1,9 @@
 """The only pyfuse3 importer: translates kernel requests to `FileSystem` calls.
 
 It decides nothing. Every handler lets `FsError` out as `FUSEError(errno)` and turns any
-other exception into EIO after logging it: an escaping exception would abort the whole mount
-(shared/gotchas.md #2). `forget` never raises.
+other exception into EIO after logging it: pyfuse3 lets only `FUSEError` out of a handler,
+and anything else aborts the whole mount ("Software caused connection abort" for every
+caller). `forget` never raises.
 """
 
 from __future__ import annotations

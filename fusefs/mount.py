@@ -6,8 +6,6 @@ and reported as a `FusefsError` with a one-line message.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -18,16 +16,17 @@ from pathlib import Path
 import trio
 
 from fusefs.codec import erasure
-from fusefs.codec.keys import VolumeKeys, load_key_file
-from fusefs.config import VolumeConfig, VolumeDir
-from fusefs.errors import ConfigError, FusefsError, KeyFileError, StoreError
+from fusefs.codec.keys import VolumeKeys
+from fusefs.config import VolumeConfig
+from fusefs.errors import ConfigError, FusefsError, StoreError
 from fusefs.events import EventLog
 from fusefs.meta.repo import MetaRepo
 from fusefs.mounts import mounted_at
 from fusefs.ownership import ownership_problem
-from fusefs.stores.base import Store, open_store
+from fusefs.stores import Store, open_store
 from fusefs.vfs import FileSystem
 from fusefs.volume import Volume
+from fusefs.volumedir import VolumeDir
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +35,6 @@ log = logging.getLogger(__name__)
 class MountOptions:
     read_only: bool = False
     allow_other: bool = False
-
-
-def resolve_key(vd: VolumeDir, key_file: str | None) -> Path:
-    if key_file:
-        return Path(key_file)
-    if vd.default_key.exists():
-        return vd.default_key
-    raise KeyFileError(f"no --key-file given and {vd.default_key} does not exist")
-
-
-def unlock_volume(vd: VolumeDir, key_file: str | None) -> tuple[VolumeConfig, VolumeKeys]:
-    """Load the config and the key; refuse a key that is not this volume's."""
-    cfg = vd.load()
-    master = load_key_file(resolve_key(vd, key_file))
-    keys = VolumeKeys(master, cfg.volume_id_bytes)
-    if not keys.matches(cfg.key_check):
-        raise KeyFileError(f"wrong key for volume {vd.path}")
-    return cfg, keys
 
 
 async def check_stores(cfg: VolumeConfig, keys: VolumeKeys, stores: list[Store],
@@ -100,26 +81,12 @@ def check_mountpoint(mountpoint: str) -> Path:
     return mp
 
 
-def lock_volume(vd: VolumeDir) -> int:
-    """Hold the volume's flock for the life of the daemon: one mount per volume."""
-    fd = os.open(vd.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        pid = ""
-        with contextlib.suppress(OSError):
-            pid = f" (daemon pid {vd.pid.read_text().strip()})"
-        raise ConfigError(f"volume {vd.path} is already mounted{pid}") from None
-    return fd
-
-
 def preflight(vd: VolumeDir, key_file: str | None, mountpoint: str,
               opts: MountOptions) -> None:
     """All user-input checks of `mount`, cheap enough to run before daemonizing."""
-    cfg, keys = unlock_volume(vd, key_file)
+    cfg, keys = vd.unlock(key_file)
     check_mountpoint(mountpoint)
-    os.close(lock_volume(vd))
+    os.close(vd.lock())
     stores = [open_store(u) for u in cfg.stores]
     meta = MetaRepo(vd.meta, read_only=True)
     try:
@@ -132,9 +99,9 @@ def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptio
           ready: Callable[[str | None], None]) -> None:
     """Mount and serve until unmounted. `ready(None)` once live, `ready(msg)` on failure."""
     try:
-        cfg, keys = unlock_volume(vd, key_file)
+        cfg, keys = vd.unlock(key_file)
         mp = check_mountpoint(mountpoint)
-        lock_fd = lock_volume(vd)
+        lock_fd = vd.lock()
     except FusefsError as e:
         ready(str(e))
         raise
@@ -165,7 +132,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         meta.close()
         ready(str(e))
         raise
-    events = EventLog(vd.path / "events.jsonl")
+    events = EventLog(vd.events)
     volume = Volume(cfg, keys, stores, meta, events)
     fs = FileSystem(meta, volume, read_only=opts.read_only)
     if not opts.read_only:

@@ -10,20 +10,12 @@ import sys
 
 import trio
 
-from fusefs.config import VolumeDir
 from fusefs.errors import ConfigError, FusefsError
-from fusefs.mounts import find_by_mountpoint, find_by_volume
+from fusefs.volumedir import VolumeDir, resolve_target
 
 
 def scrub(args: argparse.Namespace) -> int:
-    vd = VolumeDir(args.target)
-    mounted = find_by_volume(vd.path) if vd.is_volume() else None
-    if not vd.is_volume():
-        entry = find_by_mountpoint(args.target)
-        if entry is None:
-            raise ConfigError(f"{args.target} is neither a fusefs volume nor a mounted "
-                              "fusefs volume")
-        vd, mounted = VolumeDir(entry.volume), entry
+    vd, mounted = resolve_target(args.target)
     rate = args.rate * 1e6 if args.rate else None
     if rate is not None and rate <= 0:
         raise ConfigError("--rate must be positive")
@@ -57,21 +49,19 @@ def _scrub_mounted(vd: VolumeDir, repair: bool, rate: float | None, bar) -> dict
 
 def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: float | None,
                    bar) -> dict:
-    from fusefs.cli import setup_logging
     from fusefs.events import EventLog
     from fusefs.meta.repo import MetaRepo
-    from fusefs.mount import lock_volume, unlock_volume
-    from fusefs.stores.base import open_store
+    from fusefs.stores import open_store
     from fusefs.volume import Volume
 
-    cfg, keys = unlock_volume(vd, key_file)
-    setup_logging(vd.log, to_stderr=False)
-    lock_fd = lock_volume(vd)  # no mount may start while we repair
+    cfg, keys = vd.unlock(key_file)
+    vd.log_here(to_stderr=False)
+    lock_fd = vd.lock()  # no mount may start while we repair
     try:
         meta = MetaRepo(vd.meta)
         try:
             volume = Volume(cfg, keys, [open_store(u) for u in cfg.stores], meta,
-                            EventLog(vd.path / "events.jsonl"))
+                            EventLog(vd.events))
 
             async def run() -> dict:
                 report = await volume.scrubber(repair=repair, rate=rate,

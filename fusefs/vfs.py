@@ -210,7 +210,7 @@ class FileSystem:
                                          time.time_ns(), target, rdev)
             self.meta.add_dentry(parent, name, row.id)
             if is_dir:
-                self.meta.db.execute("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (parent,))
+                self.meta.add_nlink(parent, 1)
             self._touch_dir(parent)
         self._remember(row.id)
         return row
@@ -276,7 +276,7 @@ class FileSystem:
         with self.meta.transaction():
             self.meta.remove_dentry(parent, name)
             self._drop_link(row)
-            self.meta.db.execute("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (parent,))
+            self.meta.add_nlink(parent, -1)
             self._touch_dir(parent)
         self._maybe_delete(ino)
 
@@ -326,11 +326,11 @@ class FileSystem:
                 self.meta.remove_dentry(p2, n2)
                 self._drop_link(tgt)
                 if stat.S_ISDIR(tgt.mode):
-                    self.meta.db.execute("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (p2,))
+                    self.meta.add_nlink(p2, -1)
             self.meta.move_dentry(p1, n1, p2, n2)
             if src_dir and p1 != p2:
-                self.meta.db.execute("UPDATE inodes SET nlink=nlink-1 WHERE id=?", (p1,))
-                self.meta.db.execute("UPDATE inodes SET nlink=nlink+1 WHERE id=?", (p2,))
+                self.meta.add_nlink(p1, -1)
+                self.meta.add_nlink(p2, 1)
             self.meta.update_inode(ino, ctime_ns=time.time_ns())
             self._touch_dir(p1)
             if p2 != p1:
@@ -349,8 +349,8 @@ class FileSystem:
             self.meta.set_dentry_inode(p2, n2, a.id)
             if p1 != p2 and a_dir != b_dir:
                 delta = 1 if a_dir else -1  # a moves to p2, b moves to p1
-                self.meta.db.execute("UPDATE inodes SET nlink=nlink-? WHERE id=?", (delta, p1))
-                self.meta.db.execute("UPDATE inodes SET nlink=nlink+? WHERE id=?", (delta, p2))
+                self.meta.add_nlink(p1, -delta)
+                self.meta.add_nlink(p2, delta)
             now = time.time_ns()
             for ino in (a.id, b.id):
                 self.meta.update_inode(ino, ctime_ns=now)

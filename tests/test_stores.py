@@ -23,7 +23,8 @@ import trio
 from fusefs.codec.buffers import page_aligned_slots
 from fusefs.errors import ConfigError, NoSuchObject, StoreError
 from fusefs.mounts import NETWORK_FILESYSTEMS, filesystem_type, may_hang
-from fusefs.stores.base import MARKER, Store, open_store
+from fusefs.stores import open_store
+from fusefs.stores.base import MARKER, Store
 from fusefs.stores.local import DIRECT_MIN, LocalStore, object_relpath
 from fusefs.stores.s3 import S3Store
 

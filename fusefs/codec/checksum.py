@@ -1,7 +1,7 @@
 """Per-share checksums: xxh3-128.
 
 Not cryptographic: it tells fast *which* share is damaged. Authenticity comes from the
-AEAD tag (see `aead`), which is checked on the reassembled ciphertext.
+AES-GCM tag of each segment (`codec.chunk`), checked on the reassembled ciphertext.
 """
 
 from __future__ import annotations

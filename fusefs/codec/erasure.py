@@ -7,8 +7,9 @@ metadata and used to strip the padding.
 zfec defines the code; when ISA-L is installed (`isal`), its SIMD kernels compute the same
 bytes about 15x faster. FUSEFS_ERASURE=zfec forces zfec (A/B measurements).
 
-Trap: `zfec.Decoder.decode` reorders its input block list in place; every call builds fresh
-lists so inputs are never reused (see shared/gotchas.md #10).
+Trap: `zfec.Decoder.decode` reorders its input block list in place (even a tuple), but not
+the share numbers, so reusing the same inputs silently returns wrong data; every call builds
+fresh lists.
 """
 
 from __future__ import annotations

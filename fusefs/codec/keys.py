@@ -2,8 +2,10 @@
 
 One 256-bit master key per volume, kept outside the stores. Sub-keys come from HKDF-SHA256
 with the volume id as salt and a named label as info, so no two purposes share a key:
-  - "fusefs file key" + file id -> AES-256-GCM key of one file (random 96-bit nonces stay
-    far below the 2^32 messages-per-key limit);
+  - "fusefs file key" + file id -> AES-256-GCM key of one file. A segment's nonce is the
+    first 8 bytes of its chunk version's random oid followed by the 32-bit segment number
+    (`codec.chunk`): nonces under one file key repeat only if two versions of its chunks
+    draw the same 64 random bits;
   - "fusefs object names"        -> keyed BLAKE2b for opaque object names;
   - "fusefs key check"           -> a check value stored in the volume config, so a wrong
     key is refused at mount before anything is read or written.

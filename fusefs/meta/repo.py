@@ -2,8 +2,12 @@
 
 Calls are synchronous and run on the trio thread: each takes microseconds, and code between
 two `await`s is atomic, so no locks are needed. Durability is explicit: commits are cheap
-(synchronous=NORMAL) and `make_durable` fsyncs the WAL when a close/fsync must be durable.
-Automatic checkpoints are off so nothing becomes durable before the stores were synced.
+(synchronous=NORMAL: written to the WAL, not fsynced) and `make_durable` fsyncs the WAL, after
+syncing the stores, when a close/fsync must be durable. Automatic checkpoints are off because
+a checkpoint fsyncs, which would stall the event loop at whatever commit crossed the limit;
+`checkpoint_if_large` folds the WAL in at durable points instead. Nothing here stops the
+kernel from writing WAL pages back early, so a commit can reach the disk before the shares
+it names: the order is guaranteed only at durable points.
 """
 
 from __future__ import annotations
@@ -157,6 +161,10 @@ class MetaRepo:
     def update_inode(self, ino: int, **fields: int) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE inodes SET {cols} WHERE id=?", (*fields.values(), ino))
+
+    def add_nlink(self, ino: int, delta: int) -> None:
+        """Change a link count in place (a directory gains or loses a subdirectory's "..")."""
+        self.db.execute("UPDATE inodes SET nlink=nlink+? WHERE id=?", (delta, ino))
 
     def delete_inode(self, ino: int) -> None:
         """Remove an inode, its xattrs, and move its chunks' shares to the garbage list."""

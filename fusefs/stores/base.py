@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
-from fusefs.errors import ConfigError, NoSuchObject
+from fusefs.errors import NoSuchObject
 
 MARKER = "fusefs-store"  # the only object with a fixed name: says which volume owns the store
 
@@ -98,24 +97,3 @@ class Store(ABC):
     async def write_marker(self, volume_id: str) -> None:
         await self.put(MARKER, json.dumps({"fusefs": 1, "volume": volume_id}).encode())
         await self.sync()
-
-
-def open_store(url: str) -> Store:
-    """Build a store from its URL: file:///abs/path (or a bare absolute path), s3://bucket/prefix."""
-    from fusefs.stores.local import LocalStore
-
-    parts = urlsplit(url)
-    if parts.scheme == "" and url.startswith("/"):
-        return LocalStore(url)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ConfigError(f"store URL {url!r}: use file:///absolute/path")
-        return LocalStore(parts.path)
-    if parts.scheme == "s3":
-        from fusefs.stores.s3 import S3Store
-
-        return S3Store(url)
-    if parts.scheme == "":
-        raise ConfigError(f"store URL {url!r}: use file:///absolute/path or an absolute path")
-    raise ConfigError(f"store URL {url!r}: unknown scheme {parts.scheme!r} "
-                      "(supported: file, s3)")
