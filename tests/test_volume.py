@@ -29,7 +29,7 @@ from fusefs.events import EventLog, read_events
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.volume import Volume
-from fusefs.workers import INLINE_SLOW
+from fusefs.workers import INLINE_BACKOFF, INLINE_SLOW
 
 K, M = 3, 2
 N = K + M
@@ -108,6 +108,23 @@ class ThreadedLocalStore(LocalStore):
         self.inline_io = False
 
 
+class ManualClock:
+    """The volume's clock (store health, the inline-I/O backoff): it moves only when a test
+    moves it, so a loaded machine cannot make a read look slow."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+CLOCK = ManualClock()
+
+
 def build_env(tmp_path: Path, store_cls: type[LocalStore]):
     store_dirs = [tmp_path / f"store{i}" for i in range(N_STORES)]
     for d in store_dirs:
@@ -124,7 +141,7 @@ def build_env(tmp_path: Path, store_cls: type[LocalStore]):
         meta.create_inode(os.urandom(16), stat.S_IFDIR | 0o755, 0, 0, 2, now)
         f = meta.create_inode(os.urandom(16), stat.S_IFREG | 0o644, 0, 0, 1, now)
     events_path = tmp_path / "events.jsonl"
-    volume = Volume(cfg, keys, stores, meta, EventLog(events_path))
+    volume = Volume(cfg, keys, stores, meta, EventLog(events_path), clock=CLOCK)
     yield Env(volume, meta, f.id, f.file_id, events_path, store_dirs)
     meta.close()
 
@@ -592,13 +609,14 @@ class SickDiskStore(LocalStore):
     def _note(self) -> None:
         SickDiskStore.threads.append(threading.current_thread().name)
         if SickDiskStore.slow:
-            time.sleep(INLINE_SLOW * 2)  # the disk's latency, not synchronisation
+            CLOCK.advance(INLINE_SLOW * 2)  # the disk's latency, on the volume's clock
 
 
 @pytest.mark.parametrize("env", [SickDiskStore], indirect=True)
 def test_small_reads_run_inline_until_the_disk_is_slow(env: Env) -> None:
     """Small reads from local disks run on the event loop's thread; one slow answer sends
-    them to worker threads (which can time out around a hung disk) for a while."""
+    them to worker threads (which can time out around a hung disk) for a while, and after
+    that while they run inline again."""
     assert env.volume.stores[0].inline_io  # tmp_path: a local filesystem here
     data = data_of(MIN_CHUNK, 21)
     row = env.write(0, data)
@@ -610,12 +628,21 @@ def test_small_reads_run_inline_until_the_disk_is_slow(env: Env) -> None:
     SickDiskStore.slow = True
     try:
         assert read_span(env, row, 10, 20) == data[10:20]  # inline, and slow
+        slow_at = CLOCK.now
         SickDiskStore.threads.clear()
         assert read_span(env, row, 30, 40) == data[30:40]
         assert env.read(row) == data
     finally:
         SickDiskStore.slow = False
     assert SickDiskStore.threads and main not in SickDiskStore.threads
+    CLOCK.advance(slow_at + INLINE_BACKOFF - 0.01 - CLOCK.now)
+    SickDiskStore.threads.clear()
+    assert read_span(env, row, 50, 60) == data[50:60]
+    assert main not in SickDiskStore.threads, "back inline before the backoff ended"
+    CLOCK.advance(0.01)
+    SickDiskStore.threads.clear()
+    assert read_span(env, row, 50, 60) == data[50:60]
+    assert set(SickDiskStore.threads) == {main}
 
 
 def read_span(env: Env, row: ChunkRow, start: int, end: int) -> bytes | None:
