@@ -1,9 +1,8 @@
-"""Volume administration without a mount: `init` and `status`."""
+"""Volume administration: `fusefs init` and `fusefs store claim`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import stat
@@ -15,11 +14,13 @@ import trio
 
 from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file
 from fusefs.config import DEFAULT_CHUNK, DEFAULT_SEGMENT, VolumeConfig, parse_size, validate
-from fusefs.errors import ConfigError, FusefsError, StoreError
-from fusefs.events import read_events
+from fusefs.errors import ConfigError, StoreError
+from fusefs.health import STORE_RETRY_SECONDS
 from fusefs.meta.repo import MetaRepo
+from fusefs.mounts import find_by_volume
+from fusefs.storecheck import marker_bytes, marker_volume, owned_names
 from fusefs.stores import Store, open_store
-from fusefs.volumedir import VolumeDir, resolve_target
+from fusefs.volumedir import VolumeDir
 
 
 def default_shares(n_stores: int, k: int | None, m: int | None) -> tuple[int, int]:
@@ -72,7 +73,7 @@ def init_volume(args: argparse.Namespace) -> None:
                               2, now)
         meta.fsync_wal()
         meta.close()
-        trio.run(_write_markers, stores, cfg.volume_id)
+        trio.run(_write_markers, stores, cfg, keys)
         vd.save(cfg)  # last: the config's presence is what makes VOLUME a volume
     except BaseException:
         if created_dir:
@@ -92,7 +93,7 @@ async def _prepare_stores(stores: list[Store]) -> None:
         marker = await store.read_marker()
         if marker is not None:
             raise StoreError(f"store {store.url} belongs to another volume "
-                             f"({marker.get('volume', 'unknown')})")
+                             f"({marker_volume(marker) or 'its marker is unreadable'})")
         if await store.list():
             raise StoreError(f"store {store.url} is not empty")
 
@@ -106,125 +107,40 @@ def _create_local_root(store: Store) -> None:
             raise StoreError(f"cannot create store directory {root}: {e.strerror}") from None
 
 
-async def _write_markers(stores: list[Store], volume_id: str) -> None:
-    for store in stores:
-        await store.write_marker(volume_id)
+async def _write_markers(stores: list[Store], cfg: VolumeConfig, keys: VolumeKeys) -> None:
+    for si, store in enumerate(stores):
+        await store.write_marker(marker_bytes(keys, cfg.volume_id, si))
 
 
-# -- status ------------------------------------------------------------------------------
-async def _store_states(cfg: VolumeConfig) -> list[dict]:
-    out = []
-    for url in cfg.stores:
-        store = open_store(url)
-        info: dict = {"url": url, "state": "ok", "objects": None}
-        try:
-            await store.check(writable=False)
-            marker = await store.read_marker()
-            if marker is None:
-                info["state"] = "no marker (emptied or replaced)"
-            elif marker.get("volume") != cfg.volume_id:
-                info["state"] = "belongs to another volume"
-            info["objects"] = len(await store.list())
-        except FusefsError as e:
-            info["state"] = "unavailable"
-            info["error"] = str(e)
-        out.append(info)
-    return out
-
-
-def _still_unrecoverable(meta: MetaRepo, events: list[dict]) -> set[str]:
-    """Files with a chunk that a read or scrub found unrecoverable and that nothing has
-    fixed since: not deleted or truncated away, not rewritten (another chunk version), not
-    healed by a later pass (the store came back). Events from before versions were
-    recorded count until the file or chunk is gone."""
-    healed = {}  # (inode, chunk) -> index of the last heal event
-    for n, e in enumerate(events):
-        if e.get("action") == "healed":
-            healed[(e.get("inode"), e.get("chunk"))] = n
-    out = set()
-    for n, e in enumerate(events):
-        if e.get("action") != "unrecoverable":
-            continue
-        ino, idx = e.get("inode"), e.get("chunk")
-        if ino is None or idx is None:
-            if e.get("file"):
-                out.add(e["file"])
-            continue
-        row = meta.get_chunk(ino, idx) if meta.get_inode(ino) is not None else None
-        if row is None or healed.get((ino, idx), -1) > n:
-            continue
-        if e.get("version") is not None and row.oid.hex() != e["version"]:
-            continue
-        out.add(meta.path_of(ino) or e.get("file") or f"<inode {ino}>")
-    return out
-
-
-def status(target: str, as_json: bool) -> int:
-    vd, entry = resolve_target(target)
-    mountpoint = str(entry.mountpoint) if entry else None
-    cfg = vd.load()
-    events = read_events(vd.events)
+# -- fusefs store claim ------------------------------------------------------------------
+def claim_store(volume: str, url: str, key_file: str | None) -> None:
+    """Make a store in doubt this volume's again (the operator checked it): a fresh
+    authenticated marker. Its objects this volume never placed become orphans, which the
+    next repairing scrub deletes: say how many."""
+    vd = VolumeDir(volume)
+    cfg, keys = vd.unlock(key_file)
+    target = open_store(url).url
+    if target not in cfg.stores:
+        raise ConfigError(f"{url} is not a store of volume {vd.path} (its stores: "
+                          f"{', '.join(cfg.stores)})")
+    si = cfg.stores.index(target)
+    store = open_store(target)
     meta = MetaRepo(vd.meta, read_only=True)
     try:
-        st = meta.stats()
-        stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares, cfg.segment_size)
-        queued = meta.repair_count()
-        at_risk = {meta.path_of(ino) or f"<inode {ino}>" for ino in meta.inodes_with_repairs()}
-        at_risk |= _still_unrecoverable(meta, events)
+        foreign = trio.run(_claim, store, si, cfg, keys, meta)
     finally:
         meta.close()
-    by_store: dict[str, dict[str, int]] = {}
-    by_action: dict[str, int] = {}
-    for e in events:
-        kinds = by_store.setdefault(e.get("store") or "-", {})
-        kinds[e.get("kind", "?")] = kinds.get(e.get("kind", "?"), 0) + 1
-        by_action[e.get("action", "?")] = by_action.get(e.get("action", "?"), 0) + 1
-    report = {
-        "volume": str(vd.path),
-        "volume_id": cfg.volume_id,
-        "mounted": mountpoint,
-        "data_shares": cfg.data_shares,
-        "parity_shares": cfg.parity_shares,
-        "chunk_size": cfg.chunk_size,
-        "segment_size": cfg.segment_size,
-        "stores": trio.run(_store_states, cfg),
-        "files": st.files,
-        "directories": st.directories,
-        "symlinks": st.symlinks,
-        "chunks": st.chunks,
-        "logical_bytes": st.logical_bytes,
-        "stored_bytes": stored,
-        "repairs_queued": queued,
-        "files_at_risk": sorted(at_risk),
-        "events": {"total": len(events), "by_store": by_store, "by_action": by_action,
-                   "last": events[-1] if events else None},
-    }
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"volume     {report['volume']} (id {cfg.volume_id})")
-    print(f"mounted    {mountpoint or 'no'}")
-    print(f"layout     {cfg.data_shares} data + {cfg.parity_shares} parity shares, "
-          f"chunk size {cfg.chunk_size}, segment size {cfg.segment_size}")
-    print(f"contents   {st.files} files, {st.directories} directories, {st.symlinks} symlinks,"
-          f" {st.chunks} chunks")
-    ratio = f" ({stored / st.logical_bytes:.2f}x)" if st.logical_bytes else ""
-    print(f"bytes      {st.logical_bytes} logical, {stored} stored{ratio}")
-    print("stores")
-    for s in report["stores"]:
-        objs = "" if s["objects"] is None else f"  {s['objects']} objects"
-        err = f"  ({s['error']})" if "error" in s else ""
-        print(f"  {s['url']}  {s['state']}{objs}{err}")
-    print(f"events     {len(events)} recorded"
-          + (f" ({', '.join(f'{n} {a}' for a, n in sorted(by_action.items()))})"
-             if events else ""))
-    for url, kinds in sorted(by_store.items()):
-        print(f"  {url}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
-    if events:
-        last = events[-1]
-        print(f"  last: {last.get('time')} {last.get('kind')} on {last.get('store')} "
-              f"file {last.get('file')} -> {last.get('action')}")
-    print(f"repairs    {queued} shares queued")
-    if at_risk:
-        print(f"at risk    {len(at_risk)} files: " + ", ".join(sorted(at_risk)[:10]))
-    return 0
+    print(f"claimed {target} as store {si} of volume {vd.path}")
+    if foreign:
+        print(f"{foreign} objects in it were not placed there by this volume: the next "
+              f"`fusefs scrub {vd.path}` deletes them as orphans")
+    if find_by_volume(vd.path) is not None:
+        print(f"the mounted volume uses it again within {STORE_RETRY_SECONDS:.0f} s")
+
+
+async def _claim(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys,
+                 meta: MetaRepo) -> int:
+    await store.check(writable=True)
+    foreign = len(set(await store.list()) - owned_names(meta, keys, si))
+    await store.write_marker(marker_bytes(keys, cfg.volume_id, si))
+    return foreign

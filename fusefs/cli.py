@@ -1,4 +1,4 @@
-"""The `fusefs` command: init, mount, umount, status.
+"""The `fusefs` command: init, mount, umount, scrub, status, store claim.
 
 Exit status: 0 success; 1 failure with a one-line message on stderr; 2 usage error.
 Only `FusefsError` messages are shown to the user; anything else is a bug and is reported as
@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show a volume's state")
     s.add_argument("target", metavar="VOLUME|MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--key-file", metavar="PATH",
+                   help="key, to verify the stores' markers (default: VOLUME/fusefs.key if "
+                        "there)")
+
+    s = sub.add_parser("store", help="act on one store of a volume")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    v = verbs.add_parser("claim", help="make a store that is in doubt this volume's again "
+                                       "(after checking it)")
+    v.add_argument("volume", metavar="VOLUME")
+    v.add_argument("url", metavar="URL", help="the store's URL, as in the volume's config")
+    v.add_argument("--key-file", metavar="PATH")
     return p
 
 
@@ -82,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return scrub(args)
         if args.command == "status":
-            from fusefs.admin import status
+            from fusefs.status import status
 
-            return status(args.target, as_json=args.json)
+            return status(args.target, as_json=args.json, key_file=args.key_file)
+        if args.command == "store":
+            from fusefs.admin import claim_store
+
+            claim_store(args.volume, args.url, args.key_file)
+            return 0
     except FusefsError as e:
         print(f"fusefs: {e}", file=sys.stderr)
         return 1
@@ -105,7 +121,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     vd = VolumeDir(args.volume)
     opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other)
     if not args.foreground:
-        preflight(vd, args.key_file, args.mountpoint, opts)
+        for line in preflight(vd, args.key_file, args.mountpoint, opts):
+            print(f"fusefs: warning: {line}", file=sys.stderr)
         return _spawn_daemon(vd, args)
     ready_fd = args.ready_fd
 

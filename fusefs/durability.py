@@ -28,11 +28,12 @@ DURABILITY_INTERVAL = 5.0  # seconds: like ext4's commit interval, the power-los
 async def delete_batches(lay: Layout, health: StoreHealth, names: dict[int, list[str]]
                          ) -> set[int]:
     """Delete objects, one batch per store (store index -> names), the stores in parallel;
-    return the stores that refused (down, or failing now: marked down)."""
+    return the stores that refused (down, failing now: marked down, or never deleted from:
+    a store whose identity is in doubt)."""
     refused: set[int] = set()
 
     async def delete(si: int) -> None:
-        if health.down(si):
+        if not health.may_delete(si):
             refused.add(si)
             return
         try:
@@ -135,8 +136,8 @@ class Durability:
         refused = await delete_batches(self.lay, self.health, names)
         self.meta.garbage_done([gid for gid, _, where in garbage
                                 if not refused.intersection(where)])
-        if refused:
-            self._durable_changes = -1
+        if refused - set(self.health.held()):
+            self._durable_changes = -1  # a store that is only down now: try again soon
 
     async def run(self) -> None:
         """Daemon task: make closed-but-not-fsynced writes durable every few seconds and

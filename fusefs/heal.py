@@ -128,7 +128,7 @@ class Healer:
             self.meta.set_share_digest(ino, row.idx, row.oid, i, digest(share))
         if self.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
             return "obsolete"  # the chunk was rewritten meanwhile: nothing to heal
-        if self.health.down(si):
+        if self.health.write_refusal(si) is not None:  # down, full, or not to be written
             self.meta.queue_repair(row.oid, i, ino, row.idx, why, time.time_ns())
             return "queued"
         try:
@@ -165,7 +165,7 @@ class Healer:
             if row is None:
                 self.meta.repair_done(oid, share)  # that version is gone: nothing to repair
                 continue
-            if self.health.down(row.placement[share]):
+            if self.health.write_refusal(row.placement[share]) is not None:
                 continue
             inode = self.meta.get_inode(ino)
             if inode is None:

@@ -1,9 +1,12 @@
-"""Store health: the only place that decides a store is down or full, and for how long.
+"""Store health: the only place that decides a store is down, full or not to be written,
+and for how long.
 
 A store that fails (an error, a timeout, a hedged read it kept waiting) is bypassed for
 STORE_RETRY_SECONDS instead of being awaited by every request; then it is tried again and a
 new failure bypasses it again. A full store still serves reads and deletes; only writes skip
-it. Each transition into "bypassed" is one event; recovering is a log line.
+it. A store whose writes are held (its identity is in doubt or not yet checked, it is
+read-only) is read but never written to or deleted from until a check releases it
+(`storecheck`). Each transition into "bypassed" is one event; recovering is a log line.
 
 The clock is injected so that tests can move time instead of waiting for it.
 """
@@ -32,6 +35,7 @@ class StoreHealth:
         self.clock = clock
         self._down_until: dict[int, float] = {}  # store index -> clock time to retry at
         self._full_until: dict[int, float] = {}  # stores that refused a write for space
+        self._held: dict[int, str] = {}  # store index -> why it is not written to
 
     def down(self, si: int) -> bool:
         """True while store `si` is bypassed; an expired bypass ends here (tried again)."""
@@ -52,17 +56,43 @@ class StoreHealth:
             return False
         return until is not None
 
+    def bypassed(self) -> set[int]:
+        """Stores bypassed now or until their next use tries them again."""
+        return set(self._down_until)
+
     def down_now(self) -> frozenset[int]:
         """The stores bypassed right now (a blocking reader skips them without asking)."""
         return frozenset(si for si in list(self._down_until) if self.down(si))
 
     def write_refusal(self, si: int) -> StoreError | None:
         """Why a write must not try store `si` now, or None when it may."""
+        held = self._held.get(si)
+        if held is not None:
+            return StoreError(f"store {self.stores[si].url} is not written to: {held}")
         if self.full(si):
             return StoreFull(f"store {self.stores[si].url} is full")
         if self.down(si):
             return StoreError(f"store {self.stores[si].url} is unavailable")
         return None
+
+    def may_delete(self, si: int) -> bool:
+        """Deletes go to stores that are up and not held (a held store's objects may be
+        someone else's)."""
+        return si not in self._held and not self.down(si)
+
+    def hold_writes(self, si: int, why: str) -> None:
+        """Never write to or delete from store `si` until `release_writes`."""
+        if self._held.get(si) != why:
+            log.warning("store %s is not written to: %s", self.stores[si].url, why)
+        self._held[si] = why
+
+    def release_writes(self, si: int) -> None:
+        if self._held.pop(si, None) is not None:
+            log.info("store %s is written to again", self.stores[si].url)
+
+    def held(self) -> dict[int, str]:
+        """Stores whose writes are held, and why."""
+        return dict(self._held)
 
     def mark_down(self, si: int, error: Exception) -> None:
         """Store `si` failed with `error`: bypass it (writes only, when it is full)."""

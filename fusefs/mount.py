@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -18,12 +19,12 @@ import trio
 from fusefs.codec import erasure
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
-from fusefs.errors import ConfigError, FusefsError, StoreError
+from fusefs.errors import ConfigError, FusefsError
 from fusefs.events import EventLog
 from fusefs.meta.repo import MetaRepo
 from fusefs.mounts import mounted_at
-from fusefs.ownership import ownership_problem
-from fusefs.stores import Store, open_store
+from fusefs.storecheck import check_all, require_readable, warning
+from fusefs.stores import open_store
 from fusefs.vfs import FileSystem
 from fusefs.volume import Volume
 from fusefs.volumedir import VolumeDir
@@ -35,18 +36,6 @@ log = logging.getLogger(__name__)
 class MountOptions:
     read_only: bool = False
     allow_other: bool = False
-
-
-async def check_stores(cfg: VolumeConfig, keys: VolumeKeys, stores: list[Store],
-                       meta: MetaRepo, writable: bool) -> None:
-    """Every store must be reachable and belong to this volume (see `ownership`): an
-    emptied or replaced store is claimed again, its shares are rebuilt by reads and scrub."""
-    for si, store in enumerate(stores):
-        await store.check(writable)
-        problem = await ownership_problem(store, si, cfg.volume_id, keys, meta,
-                                          claim=writable)
-        if problem and not (problem.startswith("emptied") and not writable):
-            raise StoreError(f"store {store.url} {problem}")
 
 
 READAHEAD_KIB = 4096  # kernel readahead for the mount: 1 MiB read requests, 4 in flight
@@ -82,17 +71,24 @@ def check_mountpoint(mountpoint: str) -> Path:
 
 
 def preflight(vd: VolumeDir, key_file: str | None, mountpoint: str,
-              opts: MountOptions) -> None:
-    """All user-input checks of `mount`, cheap enough to run before daemonizing."""
+              opts: MountOptions) -> list[str]:
+    """All user-input checks of `mount`, cheap enough to run before daemonizing. Changes
+    nothing; returns a warning line for each store that is not fully usable (the daemon
+    checks again and acts). StoreError when fewer than K stores can be read."""
     cfg, keys = vd.unlock(key_file)
     check_mountpoint(mountpoint)
     os.close(vd.lock())
     stores = [open_store(u) for u in cfg.stores]
     meta = MetaRepo(vd.meta, read_only=True)
     try:
-        trio.run(check_stores, cfg, keys, stores, meta, not opts.read_only)
+        states = trio.run(partial(check_all, stores, cfg, keys, meta,
+                                  writable=not opts.read_only, claim=False))
     finally:
         meta.close()
+    require_readable(stores, states, cfg.data_shares)
+    lines = (warning(s.url, st, writable=not opts.read_only, volume=str(vd.path))
+             for s, st in zip(stores, states, strict=True))
+    return [line for line in lines if line]
 
 
 def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptions,
@@ -126,14 +122,18 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     except FusefsError as e:
         ready(str(e))
         raise
+    events = EventLog(vd.events)
+    volume = Volume(cfg, keys, stores, meta, events, writable=not opts.read_only)
     try:
-        await check_stores(cfg, keys, stores, meta, not opts.read_only)
+        await volume.check_stores()
     except FusefsError as e:
         meta.close()
         ready(str(e))
         raise
-    events = EventLog(vd.events)
-    volume = Volume(cfg, keys, stores, meta, events)
+    for store, state in zip(stores, volume.watch.states, strict=True):
+        line = warning(store.url, state, writable=not opts.read_only, volume=str(vd.path))
+        if line:
+            log.warning("%s", line)
     fs = FileSystem(meta, volume, read_only=opts.read_only)
     if not opts.read_only:
         await fs.collect_unlinked()  # inodes left unlinked-but-open by a crash
@@ -161,6 +161,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
             volume.nursery = nursery
             nursery.start_soon(volume.healer.run_worker)
             nursery.start_soon(volume.run_durability)
+            nursery.start_soon(volume.run_store_watch)
             await nursery.start(ControlServer(vd.path, volume).serve)
             nursery.start_soon(_stop_on_signal, signalled)
             nursery.start_soon(_announce_when_serving, mp, ready)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from fusefs.errors import ChunkUnrecoverable, FusefsError, NoSuchObject, StoreError
+from fusefs.errors import ChunkUnrecoverable, NoSuchObject, StoreError
 from fusefs.events import EventLog
 from fusefs.heal import Healer
 from fusefs.health import StoreHealth
 from fusefs.layout import Layout
 from fusefs.meta.repo import ChunkRow, MetaRepo
-from fusefs.ownership import ownership_problem
+from fusefs.storecheck import CLAIMED, OK, UNREACHABLE, StoreWatch, check_store
 from fusefs.stores.base import MARKER
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,12 @@ Progress = Callable[[int, int, int], None]  # (chunks done, chunks total, bytes 
 
 
 class Scrubber:
-    def __init__(self, lay: Layout, health: StoreHealth, meta: MetaRepo, events: EventLog,
-                 healer: Healer, writing: set[bytes], *, repair: bool,
+    def __init__(self, lay: Layout, health: StoreHealth, watch: StoreWatch, meta: MetaRepo,
+                 events: EventLog, healer: Healer, writing: set[bytes], *, repair: bool,
                  rate: float | None = None, progress: Progress | None = None) -> None:
         self.lay = lay
         self.health = health
+        self.watch = watch
         self.meta = meta
         self.events = events
         self.healer = healer
@@ -108,23 +109,17 @@ class Scrubber:
         return self.report
 
     async def _check_stores(self) -> None:
-        """Check each store's marker; claim an emptied or replaced one when repairing."""
+        """Check each store's identity (claim one that is ours but lost its marker, when
+        repairing); the mounted volume acts on what is found (`StoreWatch.apply`)."""
         for si, store in enumerate(self.lay.stores):
+            state = await check_store(store, si, self.lay.config, self.lay.keys, self.meta,
+                                      writable=self.repair, claim=self.repair)
+            self.watch.apply(si, state)
             rep = self.report.stores[si]
-            try:
-                await store.check(writable=self.repair)
-                had_marker = await store.read_marker() is not None
-                problem = await ownership_problem(store, si, self.lay.config.volume_id,
-                                                  self.lay.keys, self.meta, claim=self.repair)
-                if problem:
-                    rep.state = problem
-                elif not had_marker:
-                    self.events.record("store_replaced", action="claimed", store=store.url)
-            except FusefsError as e:
-                rep.state = f"unavailable: {e}"
-                self.health.mark_down(si, e if isinstance(e, StoreError) else StoreError(str(e)))
-                continue
-            self.health.mark_up(si)  # reachable now: let repairs go to it at once
+            if state.kind == UNREACHABLE:
+                rep.state = f"unavailable: {state.detail}"
+            elif state.kind not in (OK, CLAIMED):
+                rep.state = state.describe()
 
     async def _list_objects(self) -> list[set[str] | None]:
         out: list[set[str] | None] = []

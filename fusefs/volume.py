@@ -9,7 +9,8 @@ its own module and nothing here decides anything:
 - `chunkread.ChunkReader`    fetch until K good, verify, rebuild, decrypt (whole or ranged);
 - `chunkwrite.ChunkWriter`   seal, place, put with the write quorum, commit;
 - `durability.Durability`    durable points and the deletion of replaced shares;
-- `heal.Healer`, `scrub.Scrubber`  repairs, built on the pieces above.
+- `heal.Healer`, `scrub.Scrubber`  repairs, built on the pieces above;
+- `storecheck.StoreWatch`    whose each store is, rechecked while it is not fully usable.
 
 It knows chunk rows and stores; it knows nothing about names, directories or FUSE.
 """
@@ -32,13 +33,14 @@ from fusefs.health import StoreHealth
 from fusefs.layout import Layout
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.scrub import Progress, Scrubber
+from fusefs.storecheck import StoreWatch, require_readable
 from fusefs.stores.base import Store
 from fusefs.workers import IoPolicy
 
 
 class Volume:
     def __init__(self, config: VolumeConfig, keys: VolumeKeys, stores: list[Store],
-                 meta: MetaRepo, events: EventLog, *,
+                 meta: MetaRepo, events: EventLog, *, writable: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.layout = lay = Layout(config, keys, stores)
         self.config, self.keys, self.stores = config, keys, stores
@@ -52,6 +54,7 @@ class Volume:
         self.writer = ChunkWriter(lay, self.health, self.policy, meta, events)
         self.durability = Durability(lay, self.health, meta)
         self.healer = Healer(lay, self.health, self.reader, meta, events)
+        self.watch = StoreWatch(lay, self.health, meta, events, writable=writable)
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -105,7 +108,23 @@ class Volume:
     async def run_durability(self) -> None:
         await self.durability.run()
 
+    async def check_stores(self) -> None:
+        """Check every store's identity and reachability (at mount); StoreError when fewer
+        than K can be read. The others are read around, never written, and rechecked."""
+        await self.watch.check()
+        require_readable(self.stores, self.watch.states, self.k)
+
+    async def run_store_watch(self) -> None:
+        """Daemon task: recheck stores that are not fully usable; a store that is usable
+        again gets its queued repairs at once."""
+        async def back(_: list[int]) -> None:
+            if self.meta.repair_count():
+                await self.healer.process_queue()
+
+        await self.watch.run(back)
+
     def scrubber(self, *, repair: bool, rate: float | None = None,
                  progress: Progress | None = None) -> Scrubber:
-        return Scrubber(self.layout, self.health, self.meta, self.events, self.healer,
-                        self.writer.writing, repair=repair, rate=rate, progress=progress)
+        return Scrubber(self.layout, self.health, self.watch, self.meta, self.events,
+                        self.healer, self.writer.writing, repair=repair, rate=rate,
+                        progress=progress)

@@ -200,24 +200,30 @@ def test_mount_volume_already_mounted(env: Env, mounter: Mounter):
 
 
 @pytest.mark.parametrize("kind", ["missing", "not-a-directory"])
-def test_mount_store_unavailable(env: Env, mounter: Mounter, kind: str):
-    store = env.a.stores[4]
-    away = store.with_name(store.name + ".away")
+def test_mount_with_too_few_stores_is_refused_naming_them(env: Env, mounter: Mounter,
+                                                          kind: str):
+    """One or two stores away: the volume mounts degraded (tests/test_mount_hostile_stores.py).
+    Three of five (fewer than K=3 left): refused, one line naming each store."""
+    gone = env.a.stores[2:]
     mnt = env.fresh_dir("mnt")
     mnt.mkdir()
-    os.rename(store, away)
-    try:
+    for store in gone:
+        os.rename(store, store.with_name(store.name + ".away"))
         if kind == "not-a-directory":
             store.write_bytes(b"not a store")
-        before = snapshot_files(away)
+    try:
+        befores = [snapshot_files(s.with_name(s.name + ".away")) for s in gone]
         msg = assert_fails(mounter.try_mount(env.a, mnt))
         assert not is_mounted(mnt)
-        assert "store" in msg.lower() or str(store) in msg, f"message does not name a store: {msg}"
-        assert snapshot_files(away) == before
+        assert "only 2 of 5 stores" in msg, msg
+        for store in gone:
+            assert str(store) in msg, f"message does not name {store}: {msg}"
+        assert [snapshot_files(s.with_name(s.name + ".away")) for s in gone] == befores
     finally:
-        if store.is_file():
-            store.unlink()
-        os.rename(away, store)
+        for store in gone:
+            if store.is_file():
+                store.unlink()
+            os.rename(store.with_name(store.name + ".away"), store)
     env.assert_intact(mounter)
 
 

@@ -21,7 +21,7 @@ LOWER = ("fusefs.codec", "fusefs.stores", "fusefs.meta", "fusefs.layout", "fusef
          "fusefs.workers", "fusefs.shareio", "fusefs.chunkread", "fusefs.chunkwrite",
          "fusefs.durability", "fusefs.heal", "fusefs.scrub")
 UPPER = ("fusefs.volume", "fusefs.filedata", "fusefs.vfs", "fusefs.fuse_ops", "fusefs.mount",
-         "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.scrubcli")
+         "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -8,7 +8,9 @@ with the volume id as salt and a named label as info, so no two purposes share a
     draw the same 64 random bits;
   - "fusefs object names"        -> keyed BLAKE2b for opaque object names;
   - "fusefs key check"           -> a check value stored in the volume config, so a wrong
-    key is refused at mount before anything is read or written.
+    key is refused at mount before anything is read or written;
+  - "fusefs store marker"        -> HMAC-SHA256 key of the stores' markers, so a store's
+    marker proves which volume and which store index it belongs to.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class VolumeKeys:
         self._volume_id = volume_id
         self._name_key = _hkdf(master, volume_id, b"fusefs object names")
         self.check_value = _hkdf(master, volume_id, b"fusefs key check").hex()
+        self._marker_key = _hkdf(master, volume_id, b"fusefs store marker")
         self._file_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._lock = threading.Lock()  # worker threads (fast read path) share the cache
 
@@ -96,6 +99,11 @@ class VolumeKeys:
             if len(self._file_aeads) > _FILE_KEY_CACHE:
                 self._file_aeads.popitem(last=False)
         return aead
+
+    def marker_mac(self, store_index: int) -> str:
+        """The MAC (64 hex digits) a store marker of this volume carries for its index."""
+        msg = b"fusefs-store\0" + self._volume_id + store_index.to_bytes(4, "big")
+        return hmac.new(self._marker_key, msg, hashlib.sha256).hexdigest()
 
     def object_name(self, oid: bytes, share: int) -> str:
         """Opaque 32-hex-digit name of share `share` of chunk version `oid`.

@@ -11,7 +11,6 @@ durable. The volume calls `sync` before a metadata commit is made durable, so th
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -83,17 +82,14 @@ class Store(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file descriptors."""
 
-    async def read_marker(self) -> dict | None:
-        """The store's ownership marker, or None for a store never initialised."""
+    async def read_marker(self) -> bytes | None:
+        """The bytes of the store's marker (which volume owns it: `storecheck` reads them),
+        or None when there is none."""
         try:
-            raw = await self.get(MARKER)
+            return await self.get(MARKER)
         except NoSuchObject:
             return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return {}
 
-    async def write_marker(self, volume_id: str) -> None:
-        await self.put(MARKER, json.dumps({"fusefs": 1, "volume": volume_id}).encode())
+    async def write_marker(self, data: bytes) -> None:
+        await self.put(MARKER, data)
         await self.sync()

@@ -1,0 +1,173 @@
+"""`fusefs status`: what a volume holds, the state of each store, the damage found and
+what is still at risk."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from fusefs.codec.keys import VolumeKeys
+from fusefs.config import VolumeConfig
+from fusefs.errors import FusefsError
+from fusefs.events import read_events
+from fusefs.meta.repo import MetaRepo
+from fusefs.storecheck import (
+    NOT_CLAIMED,
+    OK,
+    UNREACHABLE,
+    StoreState,
+    check_all,
+    marker_volume,
+)
+from fusefs.stores import open_store
+from fusefs.volumedir import VolumeDir, resolve_target
+
+
+async def _store_states(cfg: VolumeConfig, keys: VolumeKeys | None,
+                        meta: MetaRepo) -> list[dict]:
+    """Each store's state now: with the key, the full identity check (the marker's MAC);
+    without it, only what the marker says."""
+    stores = [open_store(url) for url in cfg.stores]
+    if keys is not None:
+        states = await check_all(stores, cfg, keys, meta, writable=False, claim=False)
+    out = []
+    for si, store in enumerate(stores):
+        info: dict = {"url": store.url, "state": "ok", "objects": None}
+        try:
+            if keys is not None:
+                _describe(info, states[si])
+            else:
+                await store.check(writable=False)
+                raw = await store.read_marker()
+                if raw is None:
+                    info["state"] = "no marker (emptied or replaced)"
+                elif marker_volume(raw) != cfg.volume_id:
+                    info["state"] = "belongs to another volume"
+            if info["state"] != "unavailable":
+                info["objects"] = len(await store.list())
+        except FusefsError as e:
+            info["state"] = "unavailable"
+            info["error"] = str(e)
+        out.append(info)
+    return out
+
+
+def _describe(info: dict, state: StoreState) -> None:
+    if state.kind == UNREACHABLE:
+        info["state"], info["error"] = "unavailable", state.detail
+    elif state.kind == NOT_CLAIMED and state.detail == "no marker":
+        info["state"] = "no marker (emptied or replaced)"
+    elif state.kind == NOT_CLAIMED and state.detail.startswith("old marker"):
+        info["state"] = "ok"
+    elif state.kind == NOT_CLAIMED:
+        info["state"] = f"marker damaged ({state.detail}); holds only this volume's objects"
+    elif state.kind != OK:
+        info["state"] = state.describe()
+
+
+def _keys_if_at_hand(vd: VolumeDir, key_file: str | None) -> VolumeKeys | None:
+    """The volume's keys when a key file is given or in the volume directory."""
+    if key_file is None and not vd.default_key.exists():
+        return None
+    return vd.unlock(key_file)[1]
+
+
+def _still_unrecoverable(meta: MetaRepo, events: list[dict]) -> set[str]:
+    """Files with a chunk that a read or scrub found unrecoverable and that nothing has
+    fixed since: not deleted or truncated away, not rewritten (another chunk version), not
+    healed by a later pass (the store came back). Events from before versions were
+    recorded count until the file or chunk is gone."""
+    healed = {}  # (inode, chunk) -> index of the last heal event
+    for n, e in enumerate(events):
+        if e.get("action") == "healed":
+            healed[(e.get("inode"), e.get("chunk"))] = n
+    out = set()
+    for n, e in enumerate(events):
+        if e.get("action") != "unrecoverable":
+            continue
+        ino, idx = e.get("inode"), e.get("chunk")
+        if ino is None or idx is None:
+            if e.get("file"):
+                out.add(e["file"])
+            continue
+        row = meta.get_chunk(ino, idx) if meta.get_inode(ino) is not None else None
+        if row is None or healed.get((ino, idx), -1) > n:
+            continue
+        if e.get("version") is not None and row.oid.hex() != e["version"]:
+            continue
+        out.add(meta.path_of(ino) or e.get("file") or f"<inode {ino}>")
+    return out
+
+
+def status(target: str, as_json: bool, key_file: str | None = None) -> int:
+    vd, entry = resolve_target(target)
+    mountpoint = str(entry.mountpoint) if entry else None
+    cfg = vd.load()
+    keys = _keys_if_at_hand(vd, key_file)
+    events = read_events(vd.events)
+    meta = MetaRepo(vd.meta, read_only=True)
+    try:
+        store_states = trio.run(_store_states, cfg, keys, meta)
+        st = meta.stats()
+        stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares, cfg.segment_size)
+        queued = meta.repair_count()
+        at_risk = {meta.path_of(ino) or f"<inode {ino}>" for ino in meta.inodes_with_repairs()}
+        at_risk |= _still_unrecoverable(meta, events)
+    finally:
+        meta.close()
+    by_store: dict[str, dict[str, int]] = {}
+    by_action: dict[str, int] = {}
+    for e in events:
+        kinds = by_store.setdefault(e.get("store") or "-", {})
+        kinds[e.get("kind", "?")] = kinds.get(e.get("kind", "?"), 0) + 1
+        by_action[e.get("action", "?")] = by_action.get(e.get("action", "?"), 0) + 1
+    report = {
+        "volume": str(vd.path),
+        "volume_id": cfg.volume_id,
+        "mounted": mountpoint,
+        "data_shares": cfg.data_shares,
+        "parity_shares": cfg.parity_shares,
+        "chunk_size": cfg.chunk_size,
+        "segment_size": cfg.segment_size,
+        "stores": store_states,
+        "files": st.files,
+        "directories": st.directories,
+        "symlinks": st.symlinks,
+        "chunks": st.chunks,
+        "logical_bytes": st.logical_bytes,
+        "stored_bytes": stored,
+        "repairs_queued": queued,
+        "files_at_risk": sorted(at_risk),
+        "events": {"total": len(events), "by_store": by_store, "by_action": by_action,
+                   "last": events[-1] if events else None},
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"volume     {report['volume']} (id {cfg.volume_id})")
+    print(f"mounted    {mountpoint or 'no'}")
+    print(f"layout     {cfg.data_shares} data + {cfg.parity_shares} parity shares, "
+          f"chunk size {cfg.chunk_size}, segment size {cfg.segment_size}")
+    print(f"contents   {st.files} files, {st.directories} directories, {st.symlinks} symlinks,"
+          f" {st.chunks} chunks")
+    ratio = f" ({stored / st.logical_bytes:.2f}x)" if st.logical_bytes else ""
+    print(f"bytes      {st.logical_bytes} logical, {stored} stored{ratio}")
+    print("stores")
+    for s in report["stores"]:
+        objs = "" if s["objects"] is None else f"  {s['objects']} objects"
+        err = f"  ({s['error']})" if "error" in s else ""
+        print(f"  {s['url']}  {s['state']}{objs}{err}")
+    print(f"events     {len(events)} recorded"
+          + (f" ({', '.join(f'{n} {a}' for a, n in sorted(by_action.items()))})"
+             if events else ""))
+    for url, kinds in sorted(by_store.items()):
+        print(f"  {url}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    if events:
+        last = events[-1]
+        print(f"  last: {last.get('time')} {last.get('kind')} on {last.get('store')} "
+              f"file {last.get('file')} -> {last.get('action')}")
+    print(f"repairs    {queued} shares queued")
+    if at_risk:
+        print(f"at risk    {len(at_risk)} files: " + ", ".join(sorted(at_risk)[:10]))
+    return 0
