@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fusefs.errors import KeyFileError
+from fusefs.errors import KeyFileError, warn
 
 KEY_LEN = 32
 _FILE_KEY_CACHE = 4096  # AESGCM objects kept; derivation costs ~10 us, a cache hit ~0.2 us
@@ -45,14 +46,37 @@ def create_key_file(path: Path) -> bytes:
     return key
 
 
+def key_mode_problem(path: Path, mode: int) -> str | None:
+    """What is wrong with a key file's permission bits, as a one-line advice, or None.
+
+    Only read and write bits of group and others count (an execute bit gives nothing away).
+    """
+    loose = stat.S_IMODE(mode) & 0o066
+    if not loose:
+        return None
+    can = " and ".join(v for bits, v in ((0o044, "read"), (0o022, "changed")) if loose & bits)
+    who = " and ".join(w for bits, w in ((0o060, "its group"), (0o006, "other users"))
+                       if loose & bits)
+    return (f"key file {path} can be {can} by {who} (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}")
+
+
 def load_key_file(path: Path) -> bytes:
-    """Read a master key: 64 hex digits (whitespace ignored) or 32 raw bytes."""
+    """Read a master key: 64 hex digits (whitespace ignored) or 32 raw bytes.
+
+    Warns (does not refuse) when group or others may read or write the file: a key on a
+    read-only secret mount may be 0444 and still be where the admin wants it.
+    """
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            problem = key_mode_problem(Path(path), os.fstat(f.fileno()).st_mode)
+            raw = f.read()
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist") from None
     except OSError as e:
         raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+    if problem:
+        warn(problem)
     text = raw.strip()
     if len(text) == 2 * KEY_LEN:
         try:
