@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file
+from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file, warn_if_exposed
 from fusefs.config import DEFAULT_CHUNK, DEFAULT_SEGMENT, VolumeConfig, parse_size, validate
 from fusefs.errors import ConfigError, FusefsError, StoreError, warn
 from fusefs.events import read_events
@@ -65,7 +65,8 @@ def init_volume(args: argparse.Namespace) -> None:
         raise ConfigError(f"cannot create {vd.path}: {e.strerror}") from None
     tightened = _make_private_dir(vd.path, was)
     try:
-        master = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
+        key_given = key_path.exists()
+        master = load_key_file(key_path) if key_given else create_key_file(key_path)
         keys = VolumeKeys(master, volume_id)
         cfg = replace(cfg, key_check=keys.check_value)
         meta = MetaRepo(vd.meta, create=True)
@@ -87,6 +88,8 @@ def init_volume(args: argparse.Namespace) -> None:
                 with contextlib.suppress(OSError):
                     os.chmod(vd.path, was)
         raise
+    if key_given:
+        warn_if_exposed(key_path)  # after success: a failure's one line says all
     print(f"created volume {vd.path}: {k} data + {m} parity shares over {len(stores)} stores,"
           f" chunk size {chunk}, segment size {seg}, key {key_path}")
     if tightened and not created_dir:

@@ -16,7 +16,7 @@ Private: the metadata names every file, its size and xattrs, so the directory is
 everything fusefs writes in it 0600. The CLI runs with umask 077 (`cli.main`), the files
 created here also ask for 0600 themselves, and `make_private` tightens a directory left
 open by an older fusefs (at mount and offline scrub). The key file is the user's: a loose
-one gets a warning (`codec.keys.load_key_file`), never a chmod.
+one gets a warning (`codec.keys.warn_if_exposed`), never a chmod.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fusefs.codec.keys import VolumeKeys, load_key_file
+from fusefs.codec.keys import VolumeKeys, load_key_file, warn_if_exposed
 from fusefs.config import CONFIG_NAME, FORMAT, VolumeConfig, validate
 from fusefs.errors import ConfigError, KeyFileError
 from fusefs.mounts import MountEntry, find_by_mountpoint, find_by_volume
@@ -134,9 +134,11 @@ class VolumeDir:
     def unlock(self, key_file: str | None) -> tuple[VolumeConfig, VolumeKeys]:
         """Load the config and the key; refuse a key that is not this volume's."""
         cfg = self.load()
-        keys = VolumeKeys(load_key_file(self.key_path(key_file)), cfg.volume_id_bytes)
+        path = self.key_path(key_file)
+        keys = VolumeKeys(load_key_file(path), cfg.volume_id_bytes)
         if not keys.matches(cfg.key_check):
             raise KeyFileError(f"wrong key for volume {self.path}")
+        warn_if_exposed(path)
         return cfg, keys
 
     def lock(self) -> int:

@@ -46,37 +46,34 @@ def create_key_file(path: Path) -> bytes:
     return key
 
 
-def key_mode_problem(path: Path, mode: int) -> str | None:
-    """What is wrong with a key file's permission bits, as a one-line advice, or None.
+def warn_if_exposed(path: Path) -> None:
+    """One warning line when the key file's group or others may read or write it.
 
-    Only read and write bits of group and others count (an execute bit gives nothing away).
+    A warning, not a refusal: a key on a read-only secret mount may be 0444 and still be
+    where the admin wants it. Called once the key is accepted (a bad key's error says all).
+    Execute bits give nothing away and do not count.
     """
-    loose = stat.S_IMODE(mode) & 0o066
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    loose = mode & 0o066
     if not loose:
-        return None
+        return
     can = " and ".join(v for bits, v in ((0o044, "read"), (0o022, "changed")) if loose & bits)
     who = " and ".join(w for bits, w in ((0o060, "its group"), (0o006, "other users"))
                        if loose & bits)
-    return (f"key file {path} can be {can} by {who} (mode {stat.S_IMODE(mode):04o}); "
-            f"chmod 600 {path}")
+    warn(f"key file {path} can be {can} by {who} (mode {mode:04o}); chmod 600 {path}")
 
 
 def load_key_file(path: Path) -> bytes:
-    """Read a master key: 64 hex digits (whitespace ignored) or 32 raw bytes.
-
-    Warns (does not refuse) when group or others may read or write the file: a key on a
-    read-only secret mount may be 0444 and still be where the admin wants it.
-    """
+    """Read a master key: 64 hex digits (whitespace ignored) or 32 raw bytes."""
     try:
-        with open(path, "rb") as f:
-            problem = key_mode_problem(Path(path), os.fstat(f.fileno()).st_mode)
-            raw = f.read()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist") from None
     except OSError as e:
         raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
-    if problem:
-        warn(problem)
     text = raw.strip()
     if len(text) == 2 * KEY_LEN:
         try:
