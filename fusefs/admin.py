@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import stat
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import trio
 
-from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file
+from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file, warn_if_exposed
 from fusefs.config import DEFAULT_CHUNK, DEFAULT_SEGMENT, VolumeConfig, parse_size, validate
-from fusefs.errors import ConfigError, StoreError
+from fusefs.errors import ConfigError, StoreError, warn
 from fusefs.health import STORE_RETRY_SECONDS
 from fusefs.meta.repo import MetaRepo
 from fusefs.mounts import find_by_volume
@@ -60,10 +61,13 @@ def init_volume(args: argparse.Namespace) -> None:
     created_dir = not vd.path.exists()
     try:
         vd.path.mkdir(parents=True, exist_ok=True)
+        was = stat.S_IMODE(vd.path.stat().st_mode)
     except OSError as e:
         raise ConfigError(f"cannot create {vd.path}: {e.strerror}") from None
+    tightened = _make_private_dir(vd.path, was)
     try:
-        master = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
+        key_given = key_path.exists()
+        master = load_key_file(key_path) if key_given else create_key_file(key_path)
         keys = VolumeKeys(master, volume_id)
         cfg = replace(cfg, key_check=keys.check_value)
         meta = MetaRepo(vd.meta, create=True)
@@ -81,9 +85,30 @@ def init_volume(args: argparse.Namespace) -> None:
         else:
             for p in (vd.meta, Path(f"{vd.meta}-wal"), Path(f"{vd.meta}-shm")):
                 p.unlink(missing_ok=True)
+            if tightened:
+                with contextlib.suppress(OSError):
+                    os.chmod(vd.path, was)
         raise
+    if key_given:
+        warn_if_exposed(key_path)  # after success: a failure's one line says all
     print(f"created volume {vd.path}: {k} data + {m} parity shares over {len(stores)} stores,"
           f" chunk size {chunk}, segment size {seg}, key {key_path}")
+    if tightened and not created_dir:
+        print(f"made {vd.path} private (mode 0700, was {was:04o}): it holds the metadata")
+
+
+def _make_private_dir(path: Path, mode: int) -> bool:
+    """chmod 0700 a volume directory others may read or enter; True when it changed it.
+    A directory we may write but not chmod (not ours) gets a warning, not a refusal."""
+    if not mode & 0o077:
+        return False
+    try:
+        os.chmod(path, 0o700)
+    except OSError as e:
+        warn(f"cannot make {path} private (mode {mode:04o}): {e.strerror}; "
+             f"others may read its metadata")
+        return False
+    return True
 
 
 async def _prepare_stores(stores: list[Store]) -> None:

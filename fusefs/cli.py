@@ -3,6 +3,11 @@
 Exit status: 0 success; 1 failure with a one-line message on stderr; 2 usage error.
 Only `FusefsError` messages are shown to the user; anything else is a bug and is reported as
 one line pointing at the log, never as a traceback.
+
+Every command runs with umask 077: whatever fusefs creates (volume directory, metadata,
+logs, control socket, local store directories and shares) is private to its user. Files
+created through a mount are not affected: their mode comes from the kernel's request,
+already masked by the umask of the process that creates them.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits 2 on usage errors
+    os.umask(0o077)
     try:
         if args.command == "init":
             from fusefs.admin import init_volume
@@ -136,6 +142,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     vd.load()  # the log lives in the volume: refuse a non-volume before creating a file
     vd.log_here(to_stderr=args.ready_fd is None)
+    vd.make_private()  # a directory left open by an older fusefs
     try:
         serve(vd, args.key_file, args.mountpoint, opts, ready)
     except FusefsError:
@@ -149,6 +156,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _spawn_daemon(vd, args: argparse.Namespace) -> int:
     """Start `mount --foreground` detached and wait until it says the mount is live."""
+    from fusefs.volumedir import create_private
+
     rfd, wfd = os.pipe()
     cmd = [sys.executable, "-m", "fusefs", "mount", str(vd.path),
            os.path.abspath(args.mountpoint), "--foreground", "--ready-fd", str(wfd)]
@@ -158,7 +167,7 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
         cmd.append("--read-only")
     if args.allow_other:
         cmd.append("--allow-other")
-    with open(vd.log, "ab") as logf:
+    with os.fdopen(create_private(vd.log), "ab") as logf:
         proc = subprocess.Popen(cmd, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, cwd="/")
     os.close(wfd)

@@ -1,19 +1,30 @@
 """The mount daemon's control socket: lets `fusefs scrub` (and later tools) work on a mounted
 volume without unmounting it.
 
-VOLUME/fusefs.sock, mode 0600 (only the daemon's user may talk to it). Protocol: the client
-sends one JSON object per line ({"op": "scrub", "repair": true, "rate": null}); the daemon
-answers with JSON lines: any number of {"progress": [done, total, bytes]}, then one
-{"result": {...}} or {"error": "message"}. The socket is bound through /proc/self/fd so a
-long volume path cannot exceed the 108-byte limit of socket addresses.
+VOLUME/fusefs.sock. Only the daemon's user (and root, who could read the daemon's memory
+anyway) may talk to it, enforced three times over:
+  - it lives in the volume directory, which the mount made 0700 (`VolumeDir.make_private`):
+    a directory of its own would add nothing once that one is private;
+  - it is born 0600: bound under umask 077, not chmod-ed after bind (no window in which
+    anyone could connect);
+  - every connection's peer is checked (SO_PEERCRED: the uid the kernel recorded at
+    connect): a stranger gets one error line and is logged, in case the directory was
+    opened up by hand or the socket reached through a descriptor passed on.
+Protocol: the client sends one JSON object per line ({"op": "scrub", "repair": true,
+"rate": null}); the daemon answers with JSON lines: any number of {"progress": [done,
+total, bytes]}, then one {"result": {...}} or {"error": "message"}. The socket is bound
+through /proc/self/fd so a long volume path cannot exceed the 108-byte limit of socket
+addresses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +32,12 @@ import trio
 
 from fusefs.errors import FusefsError
 from fusefs.volume import Volume
+from fusefs.volumedir import SOCKET_NAME
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "fusefs.sock"
 _PROGRESS_INTERVAL = 0.2  # seconds between progress messages
+_REFUSAL_READ_TIMEOUT = 5  # seconds a refused client gets to send its request
 
 
 def _address(volume_dir: Path) -> tuple[int, str]:
@@ -42,13 +54,7 @@ class ControlServer:
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.path.unlink(missing_ok=True)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        fd, addr = _address(self.volume_dir)
-        try:
-            await sock.bind(addr)
-        finally:
-            os.close(fd)
-        os.chmod(self.path, 0o600)
+        sock = trio.socket.from_stdlib_socket(_bind_private(self.volume_dir))
         sock.listen(4)
         task_status.started()
         try:
@@ -60,6 +66,16 @@ class ControlServer:
         """Serve one client. Never raises: an error here would stop the whole mount."""
         try:
             async with stream:
+                refusal = _refusal(stream.socket)
+                if refusal:
+                    log.warning("control socket: %s", refusal)
+                    # take the request first: closing on unread data would make the
+                    # client's send fail (EPIPE) before it could read why
+                    with trio.move_on_after(_REFUSAL_READ_TIMEOUT), \
+                            contextlib.suppress(FusefsError, UnicodeDecodeError):
+                        await _read_line(stream)
+                    await _send(stream, {"error": refusal})
+                    return
                 try:
                     request = json.loads(await _read_line(stream))
                     if request.get("op") != "scrub":
@@ -101,6 +117,37 @@ class ControlServer:
             await _send(stream, {"result": report.as_dict()})
 
 
+def _bind_private(volume_dir: Path) -> socket.socket:
+    """A Unix socket bound at VOLUME/fusefs.sock, mode 0600 from birth (umask 077 for the
+    bind: the process-wide umask is only ever narrowed here, so a file another thread
+    creates meanwhile can only come out more private)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd, addr = _address(volume_dir)
+    old = os.umask(0o077)
+    try:
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+        os.close(fd)
+    return sock
+
+
+def _refusal(sock: trio.socket.SocketType) -> str | None:
+    """Why the peer of a connection may not use it, or None: only the daemon's uid and
+    root may (SO_PEERCRED is the peer's identity when it connected)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    pid, uid, _gid = struct.unpack("iII", creds)
+    own = os.geteuid()
+    if uid in (own, 0):
+        return None
+    allowed = f"uid {own}" + (" and root" if own != 0 else "")
+    return (f"permission denied: uid {uid} (pid {pid}) may not control this mount "
+            f"(only {allowed} may)")
+
+
 def _client_gone(e: BaseException) -> bool:
     """True for errors that only mean the client closed its end (maybe inside a group)."""
     if isinstance(e, BaseExceptionGroup):
@@ -136,6 +183,10 @@ def request(volume_dir: Path, message: dict) -> Iterator[dict]:
     finally:
         os.close(fd)
     with sock, sock.makefile("rb") as f:
-        sock.sendall(json.dumps(message).encode() + b"\n")
-        for line in f:
-            yield json.loads(line)
+        try:
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            for line in f:
+                yield json.loads(line)
+        except OSError as e:
+            raise FusefsError(f"lost the connection to the mount daemon of {volume_dir}: "
+                              f"{e.strerror}") from None

@@ -3,11 +3,18 @@
 `FusefsError` carries a message written for the user: the CLI prints it as one line and
 exits 1. `FsError` carries an errno for the POSIX layer; the FUSE adapter turns it into
 `FUSEError`. Store errors say which store and which object, so events can name them.
+`warn` is the one way a command tells the user about something it goes on despite.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
+
+
+def warn(message: str) -> None:
+    """One line on stderr: `fusefs: warning: MESSAGE` (the command goes on)."""
+    print(f"fusefs: warning: {message}", file=sys.stderr, flush=True)
 
 
 class FusefsError(Exception):

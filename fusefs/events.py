@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,10 +53,15 @@ class EventLog:
         if self.path is None:
             return
         try:
-            with open(self.path, "a") as f:
+            with open(self.path, "a", opener=_private) as f:
                 f.write(json.dumps(event) + "\n")
         except OSError as e:
             log.error("cannot append to event log %s: %s", self.path, e)
+
+
+def _private(path: str, flags: int) -> int:
+    """Create the event log 0600 whatever the umask: it names files (see `volumedir`)."""
+    return os.open(path, flags, 0o600)
 
 
 def read_events(path: Path) -> list[dict]:

@@ -102,7 +102,7 @@ def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptio
         ready(str(e))
         raise
     try:
-        vd.pid.write_text(f"{os.getpid()}\n")
+        vd.write_pid()
         trio.run(_serve, vd, cfg, keys, mp, opts, ready)
         vd.pid.unlink(missing_ok=True)  # only a clean exit removes it
     finally:

@@ -56,6 +56,7 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
 
     cfg, keys = vd.unlock(key_file)
     vd.log_here(to_stderr=False)
+    vd.make_private()  # a directory left open by an older fusefs
     lock_fd = vd.lock()  # no mount may start while we repair
     try:
         meta = MetaRepo(vd.meta)

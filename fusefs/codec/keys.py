@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fusefs.errors import KeyFileError
+from fusefs.errors import KeyFileError, warn
 
 KEY_LEN = 32
 _FILE_KEY_CACHE = 4096  # AESGCM objects kept; derivation costs ~10 us, a cache hit ~0.2 us
@@ -45,6 +46,26 @@ def create_key_file(path: Path) -> bytes:
         f.flush()
         os.fsync(f.fileno())
     return key
+
+
+def warn_if_exposed(path: Path) -> None:
+    """One warning line when the key file's group or others may read or write it.
+
+    A warning, not a refusal: a key on a read-only secret mount may be 0444 and still be
+    where the admin wants it. Called once the key is accepted (a bad key's error says all).
+    Execute bits give nothing away and do not count.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    loose = mode & 0o066
+    if not loose:
+        return
+    can = " and ".join(v for bits, v in ((0o044, "read"), (0o022, "changed")) if loose & bits)
+    who = " and ".join(w for bits, w in ((0o060, "its group"), (0o006, "other users"))
+                       if loose & bits)
+    warn(f"key file {path} can be {can} by {who} (mode {mode:04o}); chmod 600 {path}")
 
 
 def load_key_file(path: Path) -> bytes:

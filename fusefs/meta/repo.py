@@ -76,6 +76,11 @@ class MetaRepo:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise ConfigError(f"metadata database {self.path} is missing")
+        if create:  # 0600 whatever the umask; SQLite gives -wal and -shm the db's mode
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as e:
+                raise ConfigError(f"cannot create {self.path}: {e.strerror}") from None
         self._depth = 0
         quoted = urllib.parse.quote(str(self.path))  # '#', '?', '%' are URI syntax
         uri = f"file:{quoted}?mode=ro" if read_only else f"file:{quoted}"
