@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 from fusefs import placement
 from fusefs.codec import chunk as chunkcodec
@@ -41,12 +42,14 @@ def _store(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memo
 
 class ChunkWriter:
     def __init__(self, lay: Layout, health: StoreHealth, policy: IoPolicy, meta: MetaRepo,
-                 events: EventLog) -> None:
+                 events: EventLog,
+                 recheck: Callable[[set[int]], Awaitable[None]] | None = None) -> None:
         self.lay = lay
         self.health = health
         self.policy = policy
         self.meta = meta
         self.events = events
+        self.recheck = recheck  # asked to recheck refused stores when a write lacks some
         self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
 
     async def write(self, file_id: bytes, idx: int, plain: bytes | memoryview,
@@ -61,6 +64,9 @@ class ChunkWriter:
         oid = os.urandom(16)
         cid = chunkcodec.ChunkId(lay.volume_id, file_id, idx, prev_version + 1)
         where = placement.place(oid, lay.n, len(lay.stores))
+        refused = {si for si in where if self.health.write_refusal(si) is not None}
+        if lay.n - len(refused) < lay.quorum and self.recheck is not None:
+            await self.recheck(refused)  # one of them may be back already
         plan = _store(lay, cid, oid, plain, where)
         self.writing.add(oid)
         try:

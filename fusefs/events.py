@@ -4,12 +4,16 @@ An event says when, what kind, which store and object, which file and chunk, and
 done about it. `fusefs status` summarises them; the vocabulary is stable for scripts:
 
 kind:   missing, checksum_mismatch, authentication_failure (a forged or misplaced share),
-        store_unreachable, store_full, unexpected_object (an orphan in a store),
-        store_replaced (an emptied store was claimed again)
+        store_unreachable, store_full, store_read_only, unexpected_object (an orphan in a
+        store), store_replaced (a store without a marker, holding only this volume's
+        objects), marker_damaged (a store whose marker is damaged, same), store_in_doubt (a
+        store that may not be this volume's: another volume's marker, another store's, or
+        objects this volume never placed there)
 action: healed, queued (for the repair queue), unrecoverable (fewer than K good shares: the
-        read failed with EIO), reported (scrub --no-repair), removed (orphan deleted),
-        bypassed (a store skipped for a while), claimed, obsolete (the chunk was rewritten
-        before the heal)
+        read failed with EIO), reported (scrub --no-repair, or a mount that may not write),
+        removed (orphan deleted), bypassed (a store skipped for a while), claimed (a fresh
+        marker written), read_only (the store is read, never written or deleted from),
+        obsolete (the chunk was rewritten before the heal)
 version: the oid of the chunk version concerned (hex; it stays on this host, like the
         metadata), so `status` can tell damage that a rewrite has since replaced
 """

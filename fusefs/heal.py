@@ -32,7 +32,9 @@ Known = memoryview  # the padded ciphertext of a chunk a read has just authentic
 REPAIR_INTERVAL = 30.0  # seconds between passes of the repair worker over the queue
 MAX_BACKGROUND_HEALS = 16  # beyond this, damage found by reads goes to the repair queue:
 #                            a degraded read of a whole store must not hold every chunk's
-#                            shares in memory nor double the CPU work of the read
+#                            shares in memory nor double the CPU work of the read; the queue
+#                            is worked through once the heals in flight are done
+_DRAIN = b"drain"  # stands in `_healing` for the pass over what overflowed into the queue
 
 
 class Healer:
@@ -47,6 +49,7 @@ class Healer:
         self._healing: set[bytes] = set()  # oids with a heal in progress (no double work)
         self._idle = trio.Event()
         self._idle.set()
+        self._overflowed = False  # heals went to the repair queue since the last drain
 
     async def heal_later(self, ino: int, row: ChunkRow, good: dict[int, bytes],
                          bad: dict[int, str], known: Known | None = None) -> None:
@@ -59,6 +62,7 @@ class Healer:
                 self.meta.queue_repair(row.oid, i, ino, row.idx, why, now)
                 self.events.record(why, action="queued", store=self.lay.url_of(row, i),
                                    obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)
+            self._overflowed = True
             return
         self._healing.add(row.oid)
         self._idle = trio.Event()
@@ -74,9 +78,28 @@ class Healer:
         except Exception:
             log.exception("heal of chunk %d of inode %d failed", row.idx, ino)
         finally:
-            self._healing.discard(row.oid)
-            if not self._healing:
-                self._idle.set()
+            self._done(row.oid)
+
+    def _done(self, oid: bytes) -> None:
+        """A heal (or a drain) finished: when none is left, work through what overflowed
+        into the repair queue meanwhile, then count as idle (unmount waits for that)."""
+        self._healing.discard(oid)
+        if self._healing:
+            return
+        if self._overflowed and self.nursery is not None:
+            self._overflowed = False
+            self._healing.add(_DRAIN)
+            self.nursery.start_soon(self._drain)
+        else:
+            self._idle.set()
+
+    async def _drain(self) -> None:
+        try:
+            await self.process_queue()
+        except Exception:
+            log.exception("repair pass after a burst of heals failed")
+        finally:
+            self._done(_DRAIN)
 
     async def wait(self) -> None:
         """Wait until background heals started so far have finished (used at unmount)."""

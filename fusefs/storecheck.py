@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MARKER_FORMAT = 2
 CHECK_TIMEOUT = 15.0  # seconds for one store's check: an unreachable server is not awaited
+PROBE_TIMEOUT = 5.0  # seconds a write that lacks stores waits for a recheck of the others
+PROBE_INTERVAL = 5.0  # at most one such recheck this often: a store that is really down
+#                       must not cost every write PROBE_TIMEOUT
 
 # What a check finds (StoreState.kind).
 OK = "ok"
@@ -126,15 +129,16 @@ def owned_names(meta: MetaRepo, keys: VolumeKeys, si: int) -> set[str]:
 
 
 async def check_store(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys,
-                      meta: MetaRepo, *, writable: bool, claim: bool) -> StoreState:
+                      meta: MetaRepo, *, writable: bool, claim: bool,
+                      timeout: float = CHECK_TIMEOUT) -> StoreState:
     """Reach the store and read its marker; with `writable`, check that it takes writes; with
     `claim`, write a fresh marker into a store that is ours but lost or damaged its marker.
     Never raises for a store problem: the state says it."""
     try:
-        with trio.fail_after(CHECK_TIMEOUT):
+        with trio.fail_after(timeout):
             return await _check(store, si, cfg, keys, meta, writable, claim)
     except trio.TooSlowError:
-        return StoreState(UNREACHABLE, f"no answer within {CHECK_TIMEOUT:.0f} s")
+        return StoreState(UNREACHABLE, f"no answer within {timeout:.0f} s")
     except FusefsError as e:
         return StoreState(UNREACHABLE, str(e))
 
@@ -166,8 +170,8 @@ async def _check(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys, met
 
 
 async def check_all(stores: list[Store], cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRepo,
-                    *, writable: bool, claim: bool, indexes: list[int] | None = None
-                    ) -> list[StoreState]:
+                    *, writable: bool, claim: bool, indexes: list[int] | None = None,
+                    timeout: float = CHECK_TIMEOUT) -> list[StoreState]:
     """Check the stores at once (an unreachable one costs CHECK_TIMEOUT, not one each).
     `indexes` are the stores' places in the volume (default: 0, 1, ...)."""
     where = list(range(len(stores))) if indexes is None else indexes
@@ -175,7 +179,7 @@ async def check_all(stores: list[Store], cfg: VolumeConfig, keys: VolumeKeys, me
 
     async def one(j: int) -> None:
         states[j] = await check_store(stores[j], where[j], cfg, keys, meta,
-                                      writable=writable, claim=claim)
+                                      writable=writable, claim=claim, timeout=timeout)
 
     async with trio.open_nursery() as nursery:
         for j in range(len(stores)):
@@ -217,15 +221,26 @@ class StoreWatch:
         self.events = events
         self.writable = writable
         self.states: list[StoreState] = [StoreState(OK)] * len(lay.stores)
+        self._last_probe = -PROBE_INTERVAL
 
-    async def check(self, only: Iterable[int] | None = None) -> list[int]:
+    async def check(self, only: Iterable[int] | None = None,
+                    timeout: float = CHECK_TIMEOUT) -> list[int]:
         """Check the stores (all, or `only`) and apply the results; return the stores that
         became fully usable again."""
         indexes = sorted(range(len(self.lay.stores)) if only is None else only)
         found = await check_all([self.lay.stores[si] for si in indexes], self.lay.config,
                                 self.lay.keys, self.meta, writable=self.writable,
-                                claim=self.writable, indexes=indexes)
+                                claim=self.writable, indexes=indexes, timeout=timeout)
         return [si for si, state in zip(indexes, found, strict=True) if self.apply(si, state)]
+
+    async def probe(self, stores: set[int]) -> None:
+        """A write lacks stores: recheck these now (not waiting for the next pass), at most
+        once per PROBE_INTERVAL, so one that came back is written to at once."""
+        now = self.health.clock()
+        if not stores or now - self._last_probe < PROBE_INTERVAL:
+            return
+        self._last_probe = now
+        await self.check(stores, timeout=PROBE_TIMEOUT)
 
     def apply(self, si: int, state: StoreState) -> bool:
         """Act on one store's state; True when it became fully usable again."""

@@ -51,10 +51,11 @@ class Volume:
         self.health = StoreHealth(stores, events, clock)
         self.policy = IoPolicy(stores, clock)
         self.reader = ChunkReader(lay, self.health, self.policy, events)
-        self.writer = ChunkWriter(lay, self.health, self.policy, meta, events)
+        self.watch = StoreWatch(lay, self.health, meta, events, writable=writable)
+        self.writer = ChunkWriter(lay, self.health, self.policy, meta, events,
+                                  recheck=self.watch.probe)
         self.durability = Durability(lay, self.health, meta)
         self.healer = Healer(lay, self.health, self.reader, meta, events)
-        self.watch = StoreWatch(lay, self.health, meta, events, writable=writable)
 
     @property
     def nursery(self) -> trio.Nursery | None:

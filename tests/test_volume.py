@@ -9,6 +9,7 @@ leaving the nursery waits for the heal.
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import stat
@@ -26,6 +27,7 @@ from fusefs.codec.keys import VolumeKeys
 from fusefs.config import MIN_CHUNK, VolumeConfig
 from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog, read_events
+from fusefs.heal import MAX_BACKGROUND_HEALS
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.volume import Volume
@@ -501,6 +503,36 @@ def test_concurrent_reads_of_a_damaged_chunk(env: Env) -> None:
     assert 1 <= len(events) <= 4
     assert {(e["kind"], e["action"], e["object"]) for e in events} == {
         ("missing", "healed", env.volume.keys.object_name(s.row.oid, 0))}
+
+
+def test_a_burst_of_damage_beyond_the_heal_limit_is_healed_before_idle(env: Env) -> None:
+    """More damaged chunks read at once than heals may run: the rest go to the repair queue,
+    which is worked through as soon as the heals in flight are done, before the healer
+    counts as idle (unmount waits for that)."""
+    rows = [env.write(i, data_of(3000, 200 + i)) for i in range(MAX_BACKGROUND_HEALS + 8)]
+    for row in rows:
+        env.path(row, 1).unlink()
+
+    async def main() -> list[bytes]:
+        results: list[bytes] = []
+
+        async def one(row: ChunkRow) -> None:
+            results.append(await env.volume.read_chunk(env.ino, env.file_id, row))
+
+        async with trio.open_nursery() as nursery:
+            env.volume.healer.nursery = nursery
+            for row in rows:
+                nursery.start_soon(one, row)
+            await trio.sleep(0)
+        env.volume.healer.nursery = None
+        await env.volume.healer.wait()
+        return results
+
+    assert sorted(trio.run(main)) == sorted(data_of(3000, 200 + i) for i in range(len(rows)))
+    actions = collections.Counter(e["action"] for e in env.events())
+    assert actions["queued"] > 0, "the burst never overflowed: the test proves nothing"
+    assert env.meta.repair_count() == 0
+    assert all(env.path(row, 1).is_file() for row in rows)
 
 
 # ------------------------------------------------------------------------------------------
