@@ -63,9 +63,8 @@ def _whole(lay: Layout, file_id: bytes, st: ShareSet, every_share: bool) -> Plan
     yield Fetch(st, order, lay.n if every_share else lay.k)
     while len(st.good) >= lay.k:
         try:
-            plain, padded, forged = yield Compute(row.length, chunkcodec.open_in_place, (
-                lay.aead(file_id), lay.cid(file_id, row), row.oid, row.length,
-                dict(st.good), st.padded, lay.k, lay.m, lay.seg))
+            plain, padded, forged = yield Compute(row.length, _open_whole, (
+                lay, file_id, row, dict(st.good), st.padded))
         except chunkcodec.AuthenticationFailed:
             rest = st.untried(order)
             if rest:  # more shares might outvote the forged ones
@@ -89,9 +88,21 @@ def _span(lay: Layout, file_id: bytes, row: ChunkRow, span: chunkcodec.Span,
     if parts is None:
         return None
     ct = parts[0] if len(parts) == 1 else b"".join(parts)
-    return (yield Compute(len(ct), chunkcodec.open_span, (
-        lay.aead(file_id), lay.cid(file_id, row), row.oid, ct, span, want, row.length,
-        lay.seg)))
+    return (yield Compute(len(ct), _open_span, (lay, file_id, row, ct, span, want)))
+
+
+def _open_whole(lay: Layout, file_id: bytes, row: ChunkRow, good: dict[int, Buffer],
+                padded: memoryview) -> tuple[bytearray, memoryview | None, list[int]]:
+    aead, nonce_id = lay.cipher(file_id, row.oid)
+    return chunkcodec.open_in_place(aead, lay.cid(file_id, row), nonce_id, row.length, good,
+                                    padded, lay.k, lay.m, lay.seg)
+
+
+def _open_span(lay: Layout, file_id: bytes, row: ChunkRow, ct: bytes, span: chunkcodec.Span,
+               want: int) -> bytes | None:
+    aead, nonce_id = lay.cipher(file_id, row.oid)  # here: a new chunk key is HKDF work
+    return chunkcodec.open_span(aead, lay.cid(file_id, row), nonce_id, ct, span, want,
+                                row.length, lay.seg)
 
 
 class ChunkReader:

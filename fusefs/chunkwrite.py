@@ -29,7 +29,8 @@ def _seal(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memor
           ) -> tuple[list, list[bytes]]:
     """Encrypt and erasure-code one chunk (the file key too: deriving a new file's key is
     HKDF work the event loop need not do for big chunks)."""
-    return chunkcodec.seal(lay.aead(cid.file_id), cid, oid, plain, lay.k, lay.m, lay.seg)
+    aead, nonce_id = lay.cipher(cid.file_id, oid)
+    return chunkcodec.seal(aead, cid, nonce_id, plain, lay.k, lay.m, lay.seg)
 
 
 def _store(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview,

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from fusefs.errors import ConfigError
 
-FORMAT = 2  # 2: chunks are encrypted in segments (segment_size)
+FORMAT = 3  # what init makes. 2: chunks encrypted in segments (segment_size) under the
+#             file key; 3: under a key per chunk version, the nonce being the segment number
+FORMATS = (2, 3)  # what this fusefs reads and writes
 CONFIG_NAME = "fusefs.toml"
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 64 << 20

@@ -19,6 +19,8 @@ from fusefs.config import VolumeConfig
 from fusefs.meta.repo import ChunkRow
 from fusefs.stores.base import Store
 
+ZERO_NONCE_ID = bytes(16)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -53,8 +55,12 @@ class Layout:
         """What a chunk version's associated data binds."""
         return chunkcodec.ChunkId(self.volume_id, file_id, row.idx, row.version)
 
-    def aead(self, file_id: bytes) -> AESGCM:
-        return self.keys.file_aead(file_id)
+    def cipher(self, file_id: bytes, oid: bytes) -> tuple[AESGCM, bytes]:
+        """The key and nonce id that encrypt chunk version `oid` of a file (`codec.chunk`):
+        format 2, the file key and the oid; format 3, the version's own key and zeros."""
+        if self.config.format >= 3:
+            return self.keys.chunk_aead(file_id, oid), ZERO_NONCE_ID
+        return self.keys.file_aead(file_id), oid
 
     def sealed_length(self, plain_len: int) -> int:
         return chunkcodec.sealed_length(plain_len, self.seg)

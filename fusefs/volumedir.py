@@ -34,7 +34,7 @@ from pathlib import Path
 import tomli_w
 
 from fusefs.codec.keys import VolumeKeys, load_key_file, warn_if_exposed
-from fusefs.config import CONFIG_NAME, FORMAT, VolumeConfig, validate
+from fusefs.config import CONFIG_NAME, FORMATS, VolumeConfig, validate
 from fusefs.errors import ConfigError, KeyFileError
 from fusefs.mounts import MountEntry, find_by_mountpoint, find_by_volume
 
@@ -107,9 +107,9 @@ class VolumeDir:
             cfg = VolumeConfig(**raw)
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"volume config {self.config} is broken: {e}") from None
-        if cfg.format != FORMAT:
+        if cfg.format not in FORMATS:
             raise ConfigError(f"volume {self.path} has format {cfg.format}; this fusefs "
-                              f"understands format {FORMAT}")
+                              f"understands formats {', '.join(map(str, FORMATS))}")
         validate(cfg)
         return cfg
 

@@ -646,3 +646,49 @@ def test_seal_pads_with_zeros_whatever_the_heap_held() -> None:
         padded = b"".join(bytes(s) for s in shares[:K])
         assert padded[sealed:] == bytes(len(padded) - sealed), length
         assert erasure.encode(padded[:sealed], K, M)[K:] == shares[K:]
+
+
+# ------------------------------------------------------------------------------------------
+# formats: which key and nonce encrypt a chunk version
+# ------------------------------------------------------------------------------------------
+
+
+def _layout(fmt: int):
+    from fusefs.config import MIN_CHUNK, VolumeConfig
+    from fusefs.layout import Layout
+
+    vid = bytes(range(16))
+    keys = VolumeKeys(bytes(32), vid)
+    cfg = VolumeConfig(vid.hex(), K, M, MIN_CHUNK, [f"/s{i}" for i in range(K + M)],
+                       keys.check_value, format=fmt, segment_size=SEG)
+    return Layout(cfg, keys, [])
+
+
+def _ciphertext(fmt: int, oid: bytes, plain: bytes) -> bytes:
+    lay = _layout(fmt)
+    aead, nonce_id = lay.cipher(b"f" * 16, oid)
+    cid = chunk.ChunkId(lay.volume_id, b"f" * 16, 0, 1)
+    return bytes(chunk.encrypt_padded(aead, cid, nonce_id, plain, 1, SEG))
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_two_versions_whose_oids_share_8_bytes(fmt: int) -> None:
+    """Format 2 nonces are 8 bytes of the oid and the segment number under the file key:
+    two versions whose oids agree in those bytes reuse the keystream (their ciphertexts XOR
+    to their plaintexts' XOR). Format 3 keys each version by its whole oid: never."""
+    a, b = os.urandom(SEG), os.urandom(SEG)
+    oid1, oid2 = b"8 bytes!" + os.urandom(8), b"8 bytes!" + os.urandom(8)
+    ca, cb = _ciphertext(fmt, oid1, a), _ciphertext(fmt, oid2, b)
+    xor = bytes(x ^ y for x, y in zip(ca[:SEG], cb[:SEG], strict=True))
+    reused = xor == bytes(x ^ y for x, y in zip(a, b, strict=True))
+    assert reused == (fmt == 2)
+
+
+def test_format_3_nonce_is_the_segment_number_under_a_key_per_version() -> None:
+    lay = _layout(3)
+    aead1, nonce1 = lay.cipher(b"f" * 16, b"1" * 16)
+    aead2, nonce2 = lay.cipher(b"f" * 16, b"2" * 16)
+    assert nonce1 == nonce2 == bytes(16)
+    assert aead1 is not aead2
+    assert lay.cipher(b"f" * 16, b"1" * 16)[0] is aead1  # cached: random reads reuse it
+    assert _layout(2).cipher(b"f" * 16, b"1" * 16)[1] == b"1" * 16

@@ -24,7 +24,7 @@ import trio
 
 from fusefs.codec.checksum import digest
 from fusefs.codec.keys import VolumeKeys
-from fusefs.config import MIN_CHUNK, VolumeConfig
+from fusefs.config import FORMAT, MIN_CHUNK, VolumeConfig
 from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.heal import MAX_BACKGROUND_HEALS
@@ -127,7 +127,7 @@ class ManualClock:
 CLOCK = ManualClock()
 
 
-def build_env(tmp_path: Path, store_cls: type[LocalStore]):
+def build_env(tmp_path: Path, store_cls: type[LocalStore], fmt: int = FORMAT):
     store_dirs = [tmp_path / f"store{i}" for i in range(N_STORES)]
     for d in store_dirs:
         d.mkdir()
@@ -135,7 +135,7 @@ def build_env(tmp_path: Path, store_cls: type[LocalStore]):
     volume_id = os.urandom(16)
     keys = VolumeKeys(os.urandom(32), volume_id)
     cfg = VolumeConfig(volume_id.hex(), K, M, MIN_CHUNK, [s.url for s in stores],
-                       keys.check_value, segment_size=SEG)
+                       keys.check_value, segment_size=SEG, format=fmt)
 
     meta = MetaRepo(tmp_path / "meta.db", create=True)
     now = time.time_ns()
@@ -533,6 +533,22 @@ def test_a_burst_of_damage_beyond_the_heal_limit_is_healed_before_idle(env: Env)
     assert actions["queued"] > 0, "the burst never overflowed: the test proves nothing"
     assert env.meta.repair_count() == 0
     assert all(env.path(row, 1).is_file() for row in rows)
+
+
+@pytest.mark.parametrize("store_cls", [LocalStore, AsyncOnlyStore], ids=["local", "async"])
+def test_format_2_volumes_keep_reading_writing_and_healing(tmp_path: Path,
+                                                           store_cls: type[LocalStore]) -> None:
+    for env in build_env(tmp_path, store_cls, fmt=2):
+        data = data_of(MIN_CHUNK, 77)
+        row = env.write(0, data)
+        assert env.read(row) == data
+        env.path(row, 0).unlink()
+        env.path(row, 1).write_bytes(b"garbage")
+        assert env.read(row) == data
+        assert {(e["kind"], e["action"]) for e in env.events()} == {
+            ("missing", "healed"), ("checksum_mismatch", "healed")}
+        assert env.read(row) == data
+        assert read_span(env, row, 100, 5000) == data[100:5000]
 
 
 # ------------------------------------------------------------------------------------------

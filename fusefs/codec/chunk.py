@@ -2,10 +2,14 @@
 
 Byte format of one chunk version (see docs/format.md):
   segments   = the plaintext cut into `seg`-byte pieces (the last one shorter; >= 1 segment)
-  nonce(j)   = oid[:8] | j (u32 BE)           (oid: 16 random bytes per chunk version)
+  nonce(j)   = nonce_id[:8] | j (u32 BE)
   ad(j)      = volume_id(16) | file_id(16) | index(u64 BE) | version(u64 BE) | j (u32 BE)
-  ciphertext = AES-256-GCM(file key, nonce(j), segment j, ad(j)) for every j, concatenated
+  ciphertext = AES-256-GCM(key, nonce(j), segment j, ad(j)) for every j, concatenated
                (each segment + its 16-byte tag)
+The caller picks key and nonce_id by the volume's format (`layout.Layout.cipher`): format 2
+encrypts every chunk of a file under the file key with nonce_id = the chunk version's random
+oid; format 3 encrypts each chunk version under its own key (derived from the file key and
+the oid), so nonce_id is zero and the nonce is the segment number alone.
   shares     = zfec(k, k+m) of ciphertext zero-padded to k * ceil(len/k)
   digests    = xxh3-128 of each share, kept in the metadata, never in the stores
 Binding index and version into `ad` makes a share moved to another file or position, or
@@ -63,10 +67,10 @@ def sealed_length(plain_len: int, seg: int) -> int:
     return plain_len + TAG_LEN * segment_count(plain_len, seg)
 
 
-def encrypt_into(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, seg: int,
+def encrypt_into(aead: AESGCM, cid: ChunkId, nonce_id: bytes, plain: bytes | memoryview, seg: int,
                  out: bytearray) -> None:
     """Encrypt every segment of `plain` into `out` (at least sealed_length bytes)."""
-    ad, prefix = cid.associated_data(), oid[:8]
+    ad, prefix = cid.associated_data(), nonce_id[:8]
     view, dest = memoryview(plain), memoryview(out)
     pos = 0
     for j in range(segment_count(len(plain), seg)):
@@ -76,14 +80,14 @@ def encrypt_into(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryvi
         pos = end
 
 
-def decrypt_segments(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryview,
+def decrypt_segments(aead: AESGCM, cid: ChunkId, nonce_id: bytes, ct: bytes | memoryview,
                      first: int, plain_len: int, seg: int) -> bytearray:
     """Plaintext of the whole segments held by `ct`, the first of which is segment `first`,
     decrypted into one new buffer (no per-segment copies; callers never modify it).
 
     Raises InvalidTag when any segment does not authenticate (or `ct` is cut short).
     """
-    ad, prefix = cid.associated_data(), oid[:8]
+    ad, prefix = cid.associated_data(), nonce_id[:8]
     view = memoryview(ct)
     sizes = []
     pos, j = 0, first
@@ -108,26 +112,26 @@ def decrypt_segments(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryv
 
 
 def seal(
-    aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int, m: int, seg: int
+    aead: AESGCM, cid: ChunkId, nonce_id: bytes, plain: bytes | memoryview, k: int, m: int, seg: int
 ) -> tuple[list[erasure.Buffer], list[bytes]]:
     """Encrypt and erasure-code one chunk; return its n shares and their digests."""
     length = sealed_length(len(plain), seg)
     size = erasure.share_size(length, k)
     if size < ALIGNED_SHARES_FROM:
-        shares = erasure.encode_padded(encrypt_padded(aead, cid, oid, plain, k, seg), k, m)
+        shares = erasure.encode_padded(encrypt_padded(aead, cid, nonce_id, plain, k, seg), k, m)
     else:
         shares = page_aligned_slots(k + m, size)
-        _encrypt_into_shares(aead, cid, oid, plain, seg, shares[:k], length)
+        _encrypt_into_shares(aead, cid, nonce_id, plain, seg, shares[:k], length)
         erasure.encode_into(shares[:k], k, m, shares[k:])
     return shares, [digest(s) for s in shares]
 
 
-def _encrypt_into_shares(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview,
+def _encrypt_into_shares(aead: AESGCM, cid: ChunkId, nonce_id: bytes, plain: bytes | memoryview,
                          seg: int, data: list[memoryview], length: int) -> None:
     """`encrypt_into`, with the padded ciphertext cut into the k separate buffers `data`
     (the same bytes as the slices of `encrypt_padded`). A segment that straddles two shares
     is encrypted aside and split: one per share boundary."""
-    ad, prefix = cid.associated_data(), oid[:8]
+    ad, prefix = cid.associated_data(), nonce_id[:8]
     view, size = memoryview(plain), len(data[0])
     pos = 0
     for j in range(segment_count(len(plain), seg)):
@@ -153,25 +157,25 @@ def _encrypt_into_shares(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | 
     data[-1][tail:] = bytes(size - tail)
 
 
-def encrypt_padded(aead: AESGCM, cid: ChunkId, oid: bytes, plain: bytes | memoryview, k: int,
+def encrypt_padded(aead: AESGCM, cid: ChunkId, nonce_id: bytes, plain: bytes | memoryview, k: int,
                    seg: int) -> bytearray:
     """The ciphertext zero-padded to k equal data shares: what zfec encodes (seal) and what a
     heal slices or re-encodes lost shares from."""
     length = sealed_length(len(plain), seg)
     padded = uninitialized(k * erasure.share_size(length, k))
-    encrypt_into(aead, cid, oid, plain, seg, padded)  # fills [0, length)
+    encrypt_into(aead, cid, nonce_id, plain, seg, padded)  # fills [0, length)
     padded[length:] = bytes(len(padded) - length)  # the zero padding, explicitly
     return padded
 
 
-def open_span(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryview, span: Span,
+def open_span(aead: AESGCM, cid: ChunkId, nonce_id: bytes, ct: bytes | memoryview, span: Span,
               want: int, plain_len: int, seg: int) -> bytes | None:
     """The `want` plaintext bytes a ranged read asked for, from the ciphertext of `span`;
     None when it is short or any segment does not authenticate."""
     if len(ct) != span.ct_end - span.ct_start:
         return None
     try:
-        plain = decrypt_segments(aead, cid, oid, ct, span.first, plain_len, seg)
+        plain = decrypt_segments(aead, cid, nonce_id, ct, span.first, plain_len, seg)
     except InvalidTag:
         return None
     return plain[span.skip : span.skip + want]
@@ -180,7 +184,7 @@ def open_span(aead: AESGCM, cid: ChunkId, oid: bytes, ct: bytes | memoryview, sp
 def open_(
     aead: AESGCM,
     cid: ChunkId,
-    oid: bytes,
+    nonce_id: bytes,
     plain_len: int,
     shares: Mapping[int, erasure.Buffer],
     k: int,
@@ -206,7 +210,7 @@ def open_(
     for attempt, subset in enumerate(subsets):
         ct = erasure.decode({i: shares[i] for i in subset}, k, m, length)
         try:
-            plain = decrypt_segments(aead, cid, oid, ct, 0, plain_len, seg)
+            plain = decrypt_segments(aead, cid, nonce_id, ct, 0, plain_len, seg)
         except InvalidTag:
             continue
         if attempt == 0 and len(nums) == k:
@@ -221,7 +225,7 @@ def open_(
 def open_in_place(
     aead: AESGCM,
     cid: ChunkId,
-    oid: bytes,
+    nonce_id: bytes,
     plain_len: int,
     shares: Mapping[int, erasure.Buffer],
     padded: memoryview,
@@ -241,10 +245,10 @@ def open_in_place(
     """
     try:
         erasure.fill_missing(shares, k, m, padded)
-        plain = decrypt_segments(aead, cid, oid, padded[: sealed_length(plain_len, seg)], 0,
+        plain = decrypt_segments(aead, cid, nonce_id, padded[: sealed_length(plain_len, seg)], 0,
                                  plain_len, seg)
     except InvalidTag:
-        plain, forged = open_(aead, cid, oid, plain_len, shares, k, m, seg)
+        plain, forged = open_(aead, cid, nonce_id, plain_len, shares, k, m, seg)
         return plain, None, forged
     extra = sorted(shares)[k:]
     if not extra:

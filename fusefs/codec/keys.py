@@ -2,10 +2,14 @@
 
 One 256-bit master key per volume, kept outside the stores. Sub-keys come from HKDF-SHA256
 with the volume id as salt and a named label as info, so no two purposes share a key:
-  - "fusefs file key" + file id -> AES-256-GCM key of one file. A segment's nonce is the
-    first 8 bytes of its chunk version's random oid followed by the 32-bit segment number
-    (`codec.chunk`): nonces under one file key repeat only if two versions of its chunks
-    draw the same 64 random bits;
+  - "fusefs file key" + file id -> the key of one file. Format 2 encrypts with it directly,
+    a segment's nonce being the first 8 bytes of its chunk version's random oid followed by
+    the 32-bit segment number: nonces under one file key repeat only if two versions of its
+    chunks draw the same 64 random bits (the birthday bound reaches 2^-32 after ~93,000
+    versions of one file's chunks);
+  - "fusefs chunk key" + oid (HKDF of the file key) -> format 3: the key of one chunk
+    version, used once per segment with the segment number as the nonce, so a nonce can
+    never repeat under a key;
   - "fusefs object names"        -> keyed BLAKE2b for opaque object names;
   - "fusefs key check"           -> a check value stored in the volume config, so a wrong
     key is refused at mount before anything is read or written;
@@ -32,6 +36,7 @@ from fusefs.errors import KeyFileError, warn
 
 KEY_LEN = 32
 _FILE_KEY_CACHE = 4096  # AESGCM objects kept; derivation costs ~10 us, a cache hit ~0.2 us
+_CHUNK_KEY_CACHE = 1024  # chunk-version keys kept: random reads come back to the same chunks
 
 
 def create_key_file(path: Path) -> bytes:
@@ -100,25 +105,46 @@ class VolumeKeys:
         self._name_key = _hkdf(master, volume_id, b"fusefs object names")
         self.check_value = _hkdf(master, volume_id, b"fusefs key check").hex()
         self._marker_key = _hkdf(master, volume_id, b"fusefs store marker")
-        self._file_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
-        self._lock = threading.Lock()  # worker threads (fast read path) share the cache
+        self._file_keys: OrderedDict[bytes, tuple[bytes, AESGCM]] = OrderedDict()
+        self._chunk_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._lock = threading.Lock()  # worker threads (fast read path) share the caches
 
     def matches(self, check_value: str) -> bool:
         """True when this key produced `check_value` (constant-time compare)."""
         return hmac.compare_digest(self.check_value, check_value)
 
+    def _file_key(self, file_id: bytes) -> tuple[bytes, AESGCM]:
+        """One file's key and its AES-256-GCM instance (LRU-cached)."""
+        with self._lock:
+            found = self._file_keys.get(file_id)
+            if found is not None:
+                self._file_keys.move_to_end(file_id)
+                return found
+        key = _hkdf(self._master, self._volume_id, b"fusefs file key" + file_id)
+        found = (key, AESGCM(key))
+        with self._lock:
+            self._file_keys[file_id] = found
+            if len(self._file_keys) > _FILE_KEY_CACHE:
+                self._file_keys.popitem(last=False)
+        return found
+
     def file_aead(self, file_id: bytes) -> AESGCM:
-        """The AES-256-GCM instance for one file (LRU-cached)."""
+        """The AES-256-GCM instance of one file (format 2)."""
+        return self._file_key(file_id)[1]
+
+    def chunk_aead(self, file_id: bytes, oid: bytes) -> AESGCM:
+        """The AES-256-GCM instance of one chunk version (format 3; LRU-cached by oid)."""
         with self._lock:
-            aead = self._file_aeads.get(file_id)
+            aead = self._chunk_aeads.get(oid)
             if aead is not None:
-                self._file_aeads.move_to_end(file_id)
+                self._chunk_aeads.move_to_end(oid)
                 return aead
-        aead = AESGCM(_hkdf(self._master, self._volume_id, b"fusefs file key" + file_id))
+        aead = AESGCM(_hkdf(self._file_key(file_id)[0], self._volume_id,
+                            b"fusefs chunk key" + oid))
         with self._lock:
-            self._file_aeads[file_id] = aead
-            if len(self._file_aeads) > _FILE_KEY_CACHE:
-                self._file_aeads.popitem(last=False)
+            self._chunk_aeads[oid] = aead
+            if len(self._chunk_aeads) > _CHUNK_KEY_CACHE:
+                self._chunk_aeads.popitem(last=False)
         return aead
 
     def marker_mac(self, store_index: int) -> str:
