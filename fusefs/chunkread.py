@@ -114,11 +114,12 @@ class ChunkReader:
         self.events = events
 
     async def read(self, ino: int, file_id: bytes, row: ChunkRow, *,
-                   every_share: bool = False) -> ChunkRead:
+                   every_share: bool = False, quiet: bool = False) -> ChunkRead:
         """Fetch, verify and decrypt one chunk; never return wrong bytes.
 
         `every_share` fetches and checks all n shares (scrub). Raises ChunkUnrecoverable,
-        after recording an event per bad share, when fewer than k shares are good.
+        after recording an event per bad share (unless `quiet`: a check, not a read), when
+        fewer than k shares are good.
         """
         st = ShareSet(self.lay, row)
         if self.policy.reads and not every_share:
@@ -129,7 +130,7 @@ class ChunkReader:
         else:
             result = await self._read_async(file_id, st, every_share)
         if result is None:
-            self._unrecoverable(ino, row, st.bad)
+            self._unrecoverable(ino, row, st.bad, quiet)
         plain, padded = result
         return ChunkRead(plain, st.good, st.bad, padded)
 
@@ -187,8 +188,9 @@ class ChunkReader:
             if hint is not None and si not in down:
                 hint(self.lay.name(row.oid, i))
 
-    def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str]) -> None:
-        for i, why in sorted(bad.items()):
+    def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str],
+                       quiet: bool = False) -> None:
+        for i, why in sorted(bad.items()) if not quiet else ():
             self.events.record(why, action="unrecoverable", store=self.lay.url_of(row, i),
                                obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
                                version=row.oid)

@@ -15,10 +15,12 @@ from collections.abc import Iterable
 
 import trio
 
-from fusefs.errors import StoreError
+from fusefs.chunkread import ChunkReader
+from fusefs.errors import ChunkUnrecoverable, StoreError
+from fusefs.events import EventLog
 from fusefs.health import StoreHealth
 from fusefs.layout import Layout
-from fusefs.meta.repo import MetaRepo
+from fusefs.meta.repo import ChunkRow, MetaRepo
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Durability:
         self.nursery: trio.Nursery | None = None  # background garbage deletion; None: inline
         self._durable_changes = -1  # meta.total_changes at the last durable point
         self._collection: trio.Event | None = None  # set when the background pass ends
+        self._watermark = meta.durable_garbage_id()
 
     async def make_durable(self, *, wait_for_garbage: bool = False) -> None:
         """Make every completed write durable, then delete the shares it replaced.
@@ -79,12 +82,15 @@ class Durability:
         if changes == self._durable_changes:
             return  # nothing committed since the last durable point
         garbage = self.meta.garbage()
+        mark = self.meta.max_garbage_id()
         await self._sync_stores()
         wal_size = await trio.to_thread.run_sync(self.meta.fsync_wal)
         self.meta.checkpoint_if_large(wal_size)
         # Commits made while this pass awaited are not covered: compare with the count taken
         # before syncing (the garbage rows deleted next cost one more, cheap, pass).
         self._durable_changes = changes
+        if mark > self._watermark:
+            self._mark_durable(mark, changes)
         if not garbage:
             return
         if self.nursery is None or wait_for_garbage:
@@ -94,6 +100,16 @@ class Durability:
         else:
             self._collection = trio.Event()
             self.nursery.start_soon(self._collect_in_background, garbage)
+
+    def _mark_durable(self, mark: int, changes: int) -> None:
+        """Record that garbage rows up to `mark` were replaced by durable versions (what
+        `recover_lost_writes` trusts after a power loss). Written after the fsync, so it is
+        true whenever it reaches the disk; it becomes durable with the next durable point."""
+        quiet = self.meta.total_changes() == changes  # nobody committed while we synced
+        self.meta.set_durable_garbage_id(mark)
+        self._watermark = mark
+        if quiet:
+            self._durable_changes = self.meta.total_changes()  # the mark needs no pass
 
     async def _sync_stores(self) -> None:
         """Sync every store that is up; raise when fewer than the write quorum are."""
@@ -148,3 +164,71 @@ class Durability:
                 await self.make_durable()
             except StoreError as e:
                 log.warning("periodic sync failed: %s", e)
+
+
+# -- after a power loss ------------------------------------------------------------------
+async def recover_lost_writes(lay: Layout, reader: ChunkReader, meta: MetaRepo,
+                              events: EventLog) -> int:
+    """Put back what a power loss took: files whose changes since the last durable point
+    name shares that never reached the stores.
+
+    SQLite may write a commit to disk before the stores have synced the shares it names
+    (the kernel writes the WAL back when it likes). After a power loss the metadata then
+    points at shares that are not there, while the versions they replaced wait in
+    `garbage`, whose deletion must not happen now. So, before anything collects garbage:
+    for every file changed since the last durable point (garbage rows past the watermark),
+    if a chunk it changed cannot be read, the whole file goes back to its state at that
+    point: each changed chunk to its oldest replaced version that is complete, chunks added
+    since then removed, the size as it was. Returns the files put back (one event each
+    chunk). Cheap when nothing happened: one query.
+    """
+    by_inode: dict[int, list[tuple[int, int, ChunkRow]]] = {}
+    for gid, ino, size_before, row in meta.suspect_garbage():
+        by_inode.setdefault(ino, []).append((gid, size_before, row))
+    restored = 0
+    for ino, changes in by_inode.items():
+        inode = meta.get_inode(ino)
+        if inode is None:
+            continue  # deleted since: what the user asked for
+        if await _roll_back(lay, reader, meta, events, ino, inode.file_id, changes):
+            restored += 1
+    return restored
+
+
+async def _complete(reader: ChunkReader, ino: int, file_id: bytes, row: ChunkRow) -> bool:
+    try:
+        await reader.read(ino, file_id, row, quiet=True)
+    except ChunkUnrecoverable:
+        return False
+    return True
+
+
+async def _roll_back(lay: Layout, reader: ChunkReader, meta: MetaRepo, events: EventLog,
+                     ino: int, file_id: bytes, changes: list[tuple[int, int, ChunkRow]]
+                     ) -> bool:
+    """Roll one file back to its state at the last durable point if a chunk it changed
+    since is lost; True when it did."""
+    size_then = changes[0][1]
+    cs = lay.config.chunk_size
+    first_new = -(-size_then // cs)  # chunks from here on did not exist then
+    touched = {row.idx for _, _, row in changes}
+    current = meta.chunks_of(ino)
+    changed = [r for r in current if r.idx in touched or r.idx >= first_new]
+    lost = [r for r in changed if not await _complete(reader, ino, file_id, r)]
+    if not lost:
+        return False
+    with meta.transaction():
+        meta.delete_chunks_from(ino, first_new)  # chunks that did not exist then
+        meta.update_inode(ino, size=size_then)
+    for idx in sorted(i for i in touched if i < first_new):
+        for gid, _, old in (c for c in changes if c[2].idx == idx):  # oldest first
+            if await _complete(reader, ino, file_id, old):
+                meta.restore_chunk(ino, gid, old, size=None)
+                events.record("write_lost", action="restored", inode=ino, chunk=idx,
+                              version=old.oid, detail="a power loss took the shares of a "
+                              "newer version; the version of the last durable point is back")
+                break
+    log.warning("inode %d: rolled back to its state at the last durable point (%d bytes): "
+                "a power loss took the shares of %d of its chunks written after it", ino,
+                size_then, len(lost))
+    return True

@@ -8,12 +8,14 @@ kind:   missing, checksum_mismatch, authentication_failure (a forged or misplace
         store), store_replaced (a store without a marker, holding only this volume's
         objects), marker_damaged (a store whose marker is damaged, same), store_in_doubt (a
         store that may not be this volume's: another volume's marker, another store's, or
-        objects this volume never placed there)
+        objects this volume never placed there), write_lost (a power loss took the shares
+        of changes made after the last durable point)
 action: healed, queued (for the repair queue), unrecoverable (fewer than K good shares: the
         read failed with EIO), reported (scrub --no-repair, or a mount that may not write),
         removed (orphan deleted), bypassed (a store skipped for a while), claimed (a fresh
         marker written), read_only (the store is read, never written or deleted from),
-        obsolete (the chunk was rewritten before the heal)
+        obsolete (the chunk was rewritten before the heal), restored (after a power loss,
+        the version of the last durable point was put back)
 version: the oid of the chunk version concerned (hex; it stays on this host, like the
         metadata), so `status` can tell damage that a rewrite has since replaced
 """

@@ -72,8 +72,11 @@ class ScrubReport:
 
 
 def _unfixed(s: StoreReport) -> int:
+    """Damage to the volume's data that is still there. Orphans are not counted: they are
+    reported (and removed when repairing), but every file reads the same with or without
+    them."""
     found = s.missing + s.checksum_mismatch + s.authentication_failure + s.store_unreachable
-    return found - s.repaired + (s.orphans - s.orphans_removed)
+    return found - s.repaired
 
 
 Progress = Callable[[int, int, int], None]  # (chunks done, chunks total, bytes read)

@@ -65,6 +65,8 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
                             EventLog(vd.events))
 
             async def run() -> dict:
+                if repair:
+                    await volume.recover_lost_writes()  # before garbage is collected
                 report = await volume.scrubber(repair=repair, rate=rate,
                                                progress=bar.update).run()
                 if repair:

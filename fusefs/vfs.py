@@ -521,7 +521,8 @@ class FileSystem:
         self.files.clear()
         self.lookups.clear()
         await self.volume.healer.wait()
-        await self.collect_unlinked()
+        if not self.read_only:  # a read-only mount deletes nothing in the stores
+            await self.collect_unlinked()
 
     async def collect_unlinked(self) -> None:
         """Delete inodes with no name and no reference (also left over from a crash)."""

@@ -26,7 +26,7 @@ from fusefs.chunkread import ChunkReader
 from fusefs.chunkwrite import ChunkWriter
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
-from fusefs.durability import Durability
+from fusefs.durability import Durability, recover_lost_writes
 from fusefs.events import EventLog
 from fusefs.heal import Healer
 from fusefs.health import StoreHealth
@@ -108,6 +108,11 @@ class Volume:
 
     async def run_durability(self) -> None:
         await self.durability.run()
+
+    async def recover_lost_writes(self) -> int:
+        """After a power loss: put back files whose newest changes lost their shares (see
+        `durability.recover_lost_writes`). Before anything collects garbage."""
+        return await recover_lost_writes(self.layout, self.reader, self.meta, self.events)
 
     async def check_stores(self) -> None:
         """Check every store's identity and reachability (at mount); StoreError when fewer

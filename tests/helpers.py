@@ -757,7 +757,7 @@ class Streamer:
 
 # The actions an event may name (a closed vocabulary: `status --json` counts them for scripts).
 EVENT_ACTIONS = {"healed", "queued", "unrecoverable", "reported", "removed", "bypassed",
-                 "claimed", "obsolete", "read_only"}
+                 "claimed", "obsolete", "read_only", "restored"}
 
 
 def assert_event_vocabulary(events: list[dict]) -> None:

@@ -4,6 +4,7 @@
   finish, every streamed byte is right, and the volume is healthy afterwards;
 - `--rate` limits how fast the stores are read;
 - orphans (objects no chunk refers to, planted in a store) are reported by `--no-repair`
+  (and do not make the volume unhealthy: they are not damage to its data)
   (exit 1) and removed by a repairing scrub; the referenced objects are left alone;
 - an unmounted volume is scrubbed and repaired in-process with `--key-file`;
 - the `--json` report has its documented keys (checked on every call, see
@@ -124,7 +125,8 @@ def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path)
     orphans = {1: planted, other: copied}
 
     res, report = scrub_json(mnt, "--no-repair")
-    assert res.returncode == 1 and not report["healthy"], res.describe()
+    # orphans are reported, but they are not damage to the volume's data: still healthy
+    assert res.returncode == 0 and report["healthy"], res.describe()
     for i, s in enumerate(report["stores"]):
         assert s["orphans"] == (1 if i in orphans else 0), (i, s)
         assert s["orphans_removed"] == 0, s

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusefs.errors import ConfigError
-from fusefs.meta.schema import SCHEMA_VERSION, create_tables
+from fusefs.meta.schema import SCHEMA_VERSION, create_tables, migrate
 
 ROOT_INODE = 1
 _WAL_CHECKPOINT_BYTES = 64 << 20  # checkpoint at a durable point once the WAL grows past this
@@ -93,11 +93,15 @@ class MetaRepo:
                 self.db.execute("PRAGMA wal_autocheckpoint=0")
             if create:
                 create_tables(self.db)
-            version = self.db.execute(
+            row = self.db.execute(
                 "SELECT value FROM dbinfo WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row is not None and row[0].isdigit() else None
+            if version is not None and 1 <= version < SCHEMA_VERSION and not read_only:
+                migrate(self.db, version)  # read-only opens read older schemas as they are
+                version = SCHEMA_VERSION
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
-        if version is None or version[0] != str(SCHEMA_VERSION):
+        if version is None or not 1 <= version <= SCHEMA_VERSION:
             raise ConfigError(f"metadata database {self.path} has an unknown schema version")
 
     def close(self) -> None:
@@ -243,6 +247,12 @@ class MetaRepo:
             " WHERE inode=? AND idx=?", (ino, idx)).fetchone()
         return ChunkRow(*row) if row else None
 
+    def chunks_of(self, ino: int) -> list[ChunkRow]:
+        """Every chunk row of a file, in index order."""
+        return [ChunkRow(*r) for r in self.db.execute(
+            "SELECT idx, version, oid, length, placement, digests FROM chunks WHERE inode=?"
+            " ORDER BY idx", (ino,))]
+
     def chunk_version(self, ino: int, idx: int) -> int:
         row = self.db.execute("SELECT version FROM chunks WHERE inode=? AND idx=?",
                               (ino, idx)).fetchone()
@@ -252,11 +262,9 @@ class MetaRepo:
         """Commit a new chunk version (and the file size with it, so a crash never leaves
         committed chunk data past the committed size); old shares become garbage."""
         with self.transaction():
+            self._to_garbage("idx=?", ino, chunk.idx)
             if size is not None:
                 self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
-            self.db.execute(
-                "INSERT INTO garbage (oid, placement) SELECT oid, placement FROM chunks"
-                " WHERE inode=? AND idx=?", (ino, chunk.idx))
             self.db.execute(
                 "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
                 " digests) VALUES (?,?,?,?,?,?,?)",
@@ -324,17 +332,61 @@ class MetaRepo:
     def delete_chunks_from(self, ino: int, first_idx: int) -> None:
         """Drop chunks idx >= first_idx (truncate/delete); their shares become garbage."""
         with self.transaction():
-            self.db.execute(
-                "INSERT INTO garbage (oid, placement) SELECT oid, placement FROM chunks"
-                " WHERE inode=? AND idx>=?", (ino, first_idx))
+            self._to_garbage("idx>=?", ino, first_idx)
             self.db.execute("DELETE FROM chunks WHERE inode=? AND idx>=?", (ino, first_idx))
+
+    def _to_garbage(self, which: str, ino: int, idx: int) -> None:
+        """Copy chunk rows of `ino` (idx matching `which`) into garbage, whole, with the
+        file's size as it is now (before the caller changes it)."""
+        self.db.execute(
+            "INSERT INTO garbage (oid, placement, inode, idx, version, length, digests,"
+            " size_before) SELECT c.oid, c.placement, c.inode, c.idx, c.version, c.length,"
+            f" c.digests, i.size FROM chunks c JOIN inodes i ON i.id = c.inode"
+            f" WHERE c.inode=? AND c.{which}", (ino, idx))
 
     def garbage(self, limit: int = 1000) -> list[tuple[int, bytes, bytes]]:
         return self.db.execute("SELECT id, oid, placement FROM garbage ORDER BY id LIMIT ?",
                                (limit,)).fetchall()
 
+    def max_garbage_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM garbage").fetchone()[0]
+
     def garbage_done(self, ids: list[int]) -> None:
         self.db.executemany("DELETE FROM garbage WHERE id=?", [(i,) for i in ids])
+
+    # -- power-loss recovery -------------------------------------------------------------
+    def durable_garbage_id(self) -> int:
+        """Garbage rows up to this id were replaced by versions known to be durable."""
+        row = self.db.execute(
+            "SELECT value FROM dbinfo WHERE key='durable_garbage_id'").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_durable_garbage_id(self, gid: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO dbinfo VALUES ('durable_garbage_id', ?)",
+                        (str(gid),))
+
+    def suspect_garbage(self) -> list[tuple[int, int, int, ChunkRow]]:
+        """Replaced chunk rows whose replacement may not be durable (committed after the
+        last durable point), oldest first: (garbage id, inode, size before, row)."""
+        rows = self.db.execute(
+            "SELECT id, inode, size_before, idx, version, oid, length, placement, digests"
+            " FROM garbage WHERE id > ? AND inode IS NOT NULL ORDER BY id",
+            (self.durable_garbage_id(),))
+        return [(r[0], r[1], r[2], ChunkRow(*r[3:])) for r in rows]
+
+    def restore_chunk(self, ino: int, gid: int, row: ChunkRow, size: int | None) -> None:
+        """Put a replaced chunk version back (its replacement's shares were lost): the
+        current row becomes garbage, the restored one's garbage row goes (its shares are
+        current again), and the file size is set back when given."""
+        with self.transaction():
+            self._to_garbage("idx=?", ino, row.idx)
+            self.db.execute("DELETE FROM garbage WHERE id=?", (gid,))
+            self.db.execute(
+                "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
+                " digests) VALUES (?,?,?,?,?,?,?)",
+                (ino, row.idx, row.version, row.oid, row.length, row.placement, row.digests))
+            if size is not None:
+                self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
 
     # -- extended attributes -------------------------------------------------------------
     def get_xattr(self, ino: int, name: bytes) -> bytes | None:

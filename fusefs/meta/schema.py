@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: garbage rows keep the replaced chunk row (power-loss recovery)
 
 _TABLES = """
 -- One row per file, directory or symlink.
@@ -63,11 +63,21 @@ CREATE TABLE xattrs (
 ) WITHOUT ROWID;
 
 -- Shares of replaced or deleted chunk versions, deleted from the stores only once the
--- commit that replaced them is durable (copy-on-write).
+-- commit that replaced them is durable (copy-on-write). The row keeps the whole replaced
+-- chunk row and the file's size before the change: if a power loss leaves the replacing
+-- commit on disk but not the shares it names, the replaced version is put back
+-- (`durability.recover_lost_writes`). Rows with id <= dbinfo 'durable_garbage_id' were
+-- replaced by durable versions. The restore columns are NULL in rows from schema 1.
 CREATE TABLE garbage (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    oid       BLOB NOT NULL,
-    placement BLOB NOT NULL
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    oid         BLOB NOT NULL,
+    placement   BLOB NOT NULL,
+    inode       INTEGER,   -- the chunk row that was replaced or deleted ...
+    idx         INTEGER,
+    version     INTEGER,
+    length      INTEGER,
+    digests     BLOB,
+    size_before INTEGER    -- ... and inodes.size just before that commit
 );
 
 -- Shares known to be missing or bad that could not be rewritten yet (store down, full,
@@ -84,7 +94,8 @@ CREATE TABLE repairs (
     PRIMARY KEY (oid, share)
 ) WITHOUT ROWID;
 
--- Key/value facts about the database itself (schema version).
+-- Key/value facts about the database itself: schema_version; durable_garbage_id (see
+-- garbage).
 CREATE TABLE dbinfo (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
@@ -96,3 +107,23 @@ def create_tables(db: sqlite3.Connection) -> None:
     """Create an empty schema (no root inode: the repository adds it)."""
     db.executescript(f"BEGIN; {_TABLES}; INSERT INTO dbinfo VALUES "
                      f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+
+
+# Upgrades from each older schema version to the next, run in one transaction at open.
+MIGRATIONS = {
+    1: """
+        ALTER TABLE garbage ADD COLUMN inode INTEGER;
+        ALTER TABLE garbage ADD COLUMN idx INTEGER;
+        ALTER TABLE garbage ADD COLUMN version INTEGER;
+        ALTER TABLE garbage ADD COLUMN length INTEGER;
+        ALTER TABLE garbage ADD COLUMN digests BLOB;
+        ALTER TABLE garbage ADD COLUMN size_before INTEGER;
+    """,
+}
+
+
+def migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a database of an older schema version up to SCHEMA_VERSION."""
+    statements = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+    db.executescript(f"BEGIN; {statements} UPDATE dbinfo SET value='{SCHEMA_VERSION}'"
+                     " WHERE key='schema_version'; COMMIT;")
