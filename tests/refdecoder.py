@@ -14,13 +14,14 @@ URLs: for stores that moved. Only local (`file://`) stores are read; an `s3://` 
 as unavailable unless it is replaced by a directory holding a copy of its objects (with or
 without the `objects/<first hex digit>/` fan-out). The key defaults to VOLUME/fusefs.key.
 
-`extract` writes every file bit-identically (holes stay sparse), directories, symlinks and
-FIFOs, with modes, times, xattrs (best effort) and owners (when run as root); hard links are
-extracted as hard links. A chunk is rebuilt from parity when data shares are missing or fail
-their xxh3 checksum, and other K-subsets are tried when K checksum-valid shares do not
-authenticate. A file with a chunk that has no K good shares is not written: one line on
-stderr names it, the other files are extracted, and the exit status is 1. Read an unmounted
-volume: meta.db is read as it is on disk (a leftover -wal is applied to a private copy).
+`extract` writes every file bit-identically (holes stay sparse), directories, symlinks,
+FIFOs, sockets and devices (devices as root only), with modes, times, xattrs (best effort) and
+owners (as root); hard links are extracted as hard links. A chunk is rebuilt from parity when
+data shares are missing or fail their xxh3 checksum, and other K-subsets are tried when K
+checksum-valid shares do not authenticate. A file with a chunk that has no K good shares is
+not written: one line on stderr names it, the other files are extracted, and the exit status
+is 1. Read an unmounted volume: meta.db is read as it is on disk (a leftover -wal is applied
+to a private copy).
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ class Entry:
     uid: int
     gid: int
     size: int
+    rdev: int
     atime_ns: int
     mtime_ns: int
     target: bytes | None
@@ -290,7 +292,8 @@ def walk(vol: Volume) -> Iterator[Entry]:
             "SELECT parent, name, inode FROM dentries ORDER BY parent, name"):
         children.setdefault(parent, []).append((bytes(name), ino))
     inodes = {row[0]: row for row in vol.db.execute(
-        "SELECT id, file_id, mode, uid, gid, size, atime_ns, mtime_ns, target FROM inodes")}
+        "SELECT id, file_id, mode, uid, gid, size, rdev, atime_ns, mtime_ns, target"
+        " FROM inodes")}
     todo, seen = [(b"", 1)], {1}
     while todo:
         prefix, parent = todo.pop(0)
@@ -298,10 +301,10 @@ def walk(vol: Volume) -> Iterator[Entry]:
             if name in (b"", b".", b"..") or b"/" in name:
                 raise Fatal(f"inode {parent} has an entry named {name!r}: metadata damaged")
             path = prefix + name
-            _, fid, mode, uid, gid, size, at, mt, target = inodes[ino]
+            _, fid, mode, uid, gid, size, rdev, at, mt, target = inodes[ino]
             if isinstance(target, str):
                 target = target.encode()
-            yield Entry(path, ino, bytes(fid), mode, uid, gid, size, at, mt, target)
+            yield Entry(path, ino, bytes(fid), mode, uid, gid, size, rdev, at, mt, target)
             if stat.S_ISDIR(mode) and ino not in seen:
                 seen.add(ino)
                 todo.append((path + b"/", ino))
@@ -371,12 +374,13 @@ def extract(vol: Volume, dest: Path) -> list[str]:
                 write_file(vol, names_key, e, p)
             elif stat.S_ISLNK(e.mode):
                 os.symlink(e.target or b"", p)
-            elif stat.S_ISFIFO(e.mode):
-                os.mkfifo(p)
-            else:
-                print(f"refdecoder: {os.fsdecode(e.path)}: device or socket not extracted",
-                      file=sys.stderr)
-                continue
+            else:  # FIFO, socket, device (rdev as os.makedev encodes it)
+                try:
+                    os.mknod(p, stat.S_IFMT(e.mode) | 0o600, e.rdev)
+                except PermissionError:
+                    print(f"refdecoder: {os.fsdecode(e.path)}: not extracted (creating a device"
+                          " needs root)", file=sys.stderr)
+                    continue
         except Unrecoverable as err:
             p.unlink(missing_ok=True)  # never leave wrong bytes behind
             written[e.inode] = f"unrecoverable: {err}"
@@ -391,7 +395,8 @@ def extract(vol: Volume, dest: Path) -> list[str]:
 
 def list_tree(vol: Volume) -> Iterator[str]:
     for e in walk(vol):
-        kind = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l"}.get(
+        kind = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
+                stat.S_IFSOCK: "s", stat.S_IFCHR: "c", stat.S_IFBLK: "b"}.get(
             stat.S_IFMT(e.mode), "?")
         line = f"{kind}\t{stat.S_IMODE(e.mode):04o}\t{e.inode}\t{e.size}\t" + os.fsdecode(e.path)
         yield line + (" -> " + os.fsdecode(e.target or b"") if kind == "l" else "")

@@ -293,6 +293,7 @@ def make_tree(mnt: Path) -> dict[str, bytes]:
     os.link(mnt / "appended", mnt / "a" / "hardlink")
     files["a/hardlink"] = files["appended"]
     os.symlink("../appended", mnt / "a" / "symlink")
+    os.mkfifo(mnt / "d" / "fifo")
     (mnt / "d" / "e f" / "ünï\ncode").write_bytes(b"odd name")
     files["d/e f/ünï\ncode"] = b"odd name"
     return files
@@ -300,8 +301,10 @@ def make_tree(mnt: Path) -> dict[str, bytes]:
 
 def assert_extracted(out: Path, files: dict[str, bytes]) -> None:
     found = {os.path.relpath(os.path.join(d, f), out)
-             for d, _, fs in os.walk(out) for f in fs if not os.path.islink(os.path.join(d, f))}
+             for d, _, fs in os.walk(out) for f in fs
+             if Path(d, f).is_file() and not Path(d, f).is_symlink()}
     assert found == set(files)
+    assert (out / "d" / "fifo").is_fifo()
     for rel, data in files.items():
         assert (out / rel).read_bytes() == data, rel
     assert os.readlink(out / "a" / "symlink") == "../appended"
