@@ -135,20 +135,19 @@ class Volume:
             settings = (bytes.fromhex(conf["volume_id"]), conf["format"], int(conf["data_shares"]),
                         int(conf["parity_shares"]), int(conf["chunk_size"]),
                         int(conf["segment_size"]))
-            roots = [store_root(u) for u in conf["stores"]]
+            urls, key_check = list(conf["stores"]), str(conf["key_check"])
         except (KeyError, TypeError, ValueError) as e:
             raise Fatal(f"{path / 'fusefs.toml'}: a setting is missing or bad: {e}") from e
-        if stores:
-            if len(stores) != len(roots):
-                raise Fatal(f"{len(stores)} --store given, the volume has {len(roots)} stores")
-            roots = [Path(s) for s in stores]
+        if stores and len(stores) != len(urls):
+            raise Fatal(f"{len(stores)} --store given, the volume has {len(urls)} stores")
+        roots = [Path(s) for s in stores] if stores else [store_root(u) for u in urls]
         keep: list[object] = []
         vol = cls(path, *settings, roots, open_meta(path, keep), _keep=keep)
         if not need_key:
             return vol
         master = load_key(key_file or path / "fusefs.key")
         check = hkdf(master, vol.volume_id, b"fusefs key check").hex()
-        if not hmac.compare_digest(check, conf["key_check"]):
+        if not hmac.compare_digest(check, key_check):
             raise Fatal("wrong key: it does not match this volume's key_check")
         vol.master = master
         return vol

@@ -190,6 +190,19 @@ def test_a_golden_volume_decodes_with_m_stores_emptied(name: str, lost: tuple[in
     assert_manifest(out, manifest)
 
 
+def test_a_store_copied_from_s3_without_the_fan_out_is_read(tmp_path: Path) -> None:
+    """An S3 prefix synced to a directory: objects/<name>, no objects/<d>/ level."""
+    vol, stores, key, manifest = copy_golden("format-3", tmp_path / "golden")
+    for obj in list((stores[2] / "objects").glob("*/*")):
+        obj.rename(stores[2] / "objects" / obj.name)
+    for i in (0, 4):
+        shutil.rmtree(stores[i] / "objects")
+    out = tmp_path / "out"
+    assert rd.main(["extract", str(vol), str(out), "--key-file", str(key),
+                    *store_args(stores)]) == 0
+    assert_manifest(out, manifest)
+
+
 def forge(vol: Path, stores: list[Path], key: Path, path: bytes, idx: int, share: int) -> None:
     """Replace a share of chunk IDX of PATH with garbage AND record the garbage's checksum."""
     v = rd.Volume.open(vol, key, [str(s) for s in stores])
