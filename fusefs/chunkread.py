@@ -10,6 +10,7 @@ what it found (`ChunkRead`), and the volume hands the damage to the healer.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import trio
@@ -20,7 +21,7 @@ from fusefs.errors import ChunkUnrecoverable
 from fusefs.events import EventLog
 from fusefs.health import UNREACHABLE, StoreHealth
 from fusefs.layout import Layout
-from fusefs.meta.repo import ChunkRow
+from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.shareio import (
     AUTH,
     AsyncRun,
@@ -107,11 +108,13 @@ def _open_span(lay: Layout, file_id: bytes, row: ChunkRow, ct: bytes, span: chun
 
 class ChunkReader:
     def __init__(self, lay: Layout, health: StoreHealth, policy: IoPolicy,
-                 events: EventLog) -> None:
+                 events: EventLog, meta: MetaRepo | None = None) -> None:
         self.lay = lay
         self.health = health
         self.policy = policy
         self.events = events
+        self.meta = meta  # where chunks found unrecoverable are noted (status: at risk)
+        self._unreadable = meta.unreadable_oids() if meta is not None else set()
 
     async def read(self, ino: int, file_id: bytes, row: ChunkRow, *,
                    every_share: bool = False, quiet: bool = False) -> ChunkRead:
@@ -131,6 +134,9 @@ class ChunkReader:
             result = await self._read_async(file_id, st, every_share)
         if result is None:
             self._unrecoverable(ino, row, st.bad, quiet)
+        if row.oid in self._unreadable and self.meta is not None:
+            self._unreadable.discard(row.oid)  # whole again, whatever made it so
+            self.meta.clear_unreadable(row.oid)
         plain, padded = result
         return ChunkRead(plain, st.good, st.bad, padded)
 
@@ -190,6 +196,9 @@ class ChunkReader:
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str],
                        quiet: bool = False) -> None:
+        if not quiet and self.meta is not None:
+            self._unreadable.add(row.oid)
+            self.meta.mark_unreadable(row.oid, ino, row.idx, time.time_ns())
         for i, why in sorted(bad.items()) if not quiet else ():
             self.events.record(why, action="unrecoverable", store=self.lay.url_of(row, i),
                                obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,

@@ -9,9 +9,12 @@ did not take; the version it replaces becomes garbage in that same commit (`dura
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+
+import trio
 
 from fusefs import placement
 from fusefs.codec import chunk as chunkcodec
@@ -24,6 +27,10 @@ from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.shareio import AsyncRun, BlockingRun, Compute, Plan, Put
 from fusefs.workers import IoPolicy
 
+log = logging.getLogger(__name__)
+
+STORE_SLOW = "store_slow"  # a share still being stored when its write returned (hedged)
+
 
 def _seal(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview
           ) -> tuple[list, list[bytes]]:
@@ -35,10 +42,9 @@ def _seal(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memor
 
 def _store(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview,
            where: bytes) -> Plan:
-    """Seal, then put share i on store where[i]. Returns (digests, failed puts)."""
+    """Seal, then put share i on store where[i]. Returns (digests, PutResult)."""
     shares, digests = yield Compute(len(plain), _seal, (lay, cid, oid, plain))
-    failed = yield Put(oid, shares, where)
-    return digests, failed
+    return digests, (yield Put(oid, shares, where))
 
 
 class ChunkWriter:
@@ -51,7 +57,9 @@ class ChunkWriter:
         self.meta = meta
         self.events = events
         self.recheck = recheck  # asked to recheck refused stores when a write lacks some
+        self.nursery: trio.Nursery | None = None  # where hedged puts finish; None: awaited
         self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
+        self._arrived: dict[bytes, set[int]] = {}  # pending shares stored before the commit
 
     async def write(self, file_id: bytes, idx: int, plain: bytes | memoryview,
                     prev_version: int) -> tuple[ChunkRow, dict[int, str]]:
@@ -75,20 +83,34 @@ class ChunkWriter:
                                           for si in where):
                 run = BlockingRun(lay, frozenset())
                 try:
-                    digests, failed = await self.policy.write(len(plain), run.drive, plan)
+                    digests, put = await self.policy.write(len(plain), run.drive, plan)
                 finally:
                     for si, e in run.failures.items():
                         self.health.mark_down(si, e)
             else:
-                digests, failed = await AsyncRun(lay, self.health).drive(plan)
-            if lay.n - len(failed) < lay.quorum:
-                await self._undo(oid, where, failed)
+                digests, put = await AsyncRun(lay, self.health, background=self.nursery,
+                                              late=self._late).drive(plan)
+            if lay.n - len(put.failed) < lay.quorum:
+                await self._undo(oid, where, put.failed)
         except BaseException:
             self.writing.discard(oid)
+            self._arrived.pop(oid, None)
             raise
         missing = {i: "store_full" if isinstance(e, StoreFull) else UNREACHABLE
-                   for i, e in sorted(failed.items())}
+                   for i, e in sorted(put.failed.items())}
+        missing.update({i: STORE_SLOW for i in put.pending})
         return ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests)), missing
+
+    def _late(self, oid: bytes, share: int, error: StoreError | None) -> None:
+        """A hedged put finished in the background. Stored: its repair is not needed (or
+        not yet queued: the commit skips it). Failed: the queued repair stays for the
+        repair worker and scrub (its store was bypassed when it failed)."""
+        if error is not None:
+            log.warning("share %d of %s was not stored: %s", share, oid.hex(), error)
+        elif oid in self.writing:
+            self._arrived.setdefault(oid, set()).add(share)
+        else:
+            self.meta.repair_done(oid, share)
 
     async def _undo(self, oid: bytes, where: bytes, failed: dict[int, StoreError]) -> None:
         """Below the write quorum: delete what was stored and raise the most telling error
@@ -104,12 +126,15 @@ class ChunkWriter:
                size: int | None = None) -> None:
         """Commit a written chunk version with its pending share repairs, atomically, and
         record each share that could not be stored (share -> event kind)."""
+        arrived = self._arrived.pop(row.oid, set())
+        queued = {i: kind for i, kind in missing.items() if i not in arrived}
         with self.meta.transaction():
             self.meta.put_chunk(ino, row, size=size)
             now = time.time_ns()
-            for i, kind in missing.items():
+            for i, kind in queued.items():
                 self.meta.queue_repair(row.oid, i, ino, row.idx, kind, now)
         self.writing.discard(row.oid)
-        for i, kind in missing.items():
-            self.events.record(kind, action="queued", store=self.lay.url_of(row, i),
-                               obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)
+        for i, kind in queued.items():
+            if kind != STORE_SLOW:  # still being stored: not damage (yet)
+                self.events.record(kind, action="queued", store=self.lay.url_of(row, i),
+                                   obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)

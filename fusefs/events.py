@@ -8,8 +8,9 @@ kind:   missing, checksum_mismatch, authentication_failure (a forged or misplace
         store), store_replaced (a store without a marker, holding only this volume's
         objects), marker_damaged (a store whose marker is damaged, same), store_in_doubt (a
         store that may not be this volume's: another volume's marker, another store's, or
-        objects this volume never placed there), write_lost (a power loss took the shares
-        of changes made after the last durable point)
+        objects this volume never placed there), store_slow (a share a hedged write left to
+        finish in the background and that did not arrive), write_lost (a power loss took
+        the shares of changes made after the last durable point)
 action: healed, queued (for the repair queue), unrecoverable (fewer than K good shares: the
         read failed with EIO), reported (scrub --no-repair, or a mount that may not write),
         removed (orphan deleted), bypassed (a store skipped for a while), claimed (a fresh

@@ -34,6 +34,10 @@ from fusefs.workers import run_cpu
 
 READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
 HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another store too
+WRITE_HEDGE = 2.0  # a write that has its quorum waits this long for the other stores; the
+#                    puts still running then finish in the background (their shares are
+#                    queued as repairs until they do). A 1.4 MB share PUT to S3 takes
+#                    0.1-0.5 s; a store that needs longer is bypassed like a slow reader
 
 # Problems a share can have; these strings are event kinds (see events.py).
 MISSING, CHECKSUM, AUTH = "missing", "checksum_mismatch", "authentication_failure"
@@ -60,12 +64,20 @@ class FetchRanges:
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """Store share i under `oid` on store `where[i]`; the result maps the shares that
-    could not be stored to their errors."""
+    """Store share i under `oid` on store `where[i]`; the result is a `PutResult`."""
 
     oid: bytes
     shares: list[Buffer]
     where: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    failed: dict[int, StoreError]  # shares that could not be stored, and why
+    pending: list[int]  # shares still being stored in the background (hedged write)
+
+
+LateCallback = Callable[[bytes, int, "StoreError | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +211,7 @@ class BlockingRun:
             parts.append(part)
         return parts
 
-    def _put(self, step: Put) -> dict[int, StoreError]:
+    def _put(self, step: Put) -> PutResult:
         failed: dict[int, StoreError] = {}
         for i, share in enumerate(step.shares):
             si = step.where[i]
@@ -208,7 +220,7 @@ class BlockingRun:
                     self.lay.name(step.oid, i), share)
             except StoreError as e:
                 failed[i] = self.failures[si] = e
-        return failed
+        return PutResult(failed, [])
 
 
 # -- async driver ------------------------------------------------------------------------
@@ -217,10 +229,13 @@ class AsyncRun:
     puts in parallel, CPU work off the event loop when big. Stores that fail are bypassed
     at once (`health`), so concurrent requests stop waiting for them too."""
 
-    def __init__(self, lay: Layout, health: StoreHealth) -> None:
+    def __init__(self, lay: Layout, health: StoreHealth, *,
+                 background: trio.Nursery | None = None,
+                 late: LateCallback | None = None) -> None:
         self.lay = lay
         self.health = health
-
+        self.background = background  # where hedged puts finish; None: puts are awaited
+        self.late = late  # told how a put that finished in the background ended
     async def drive(self, plan: Plan) -> Any:
         """As `BlockingRun.drive`, with the steps awaited."""
         step = next(plan)
@@ -331,22 +346,61 @@ class AsyncRun:
                 return parts  # type: ignore[return-value]
         return None
 
-    async def _put(self, step: Put) -> dict[int, StoreError]:
+    async def _put(self, step: Put) -> PutResult:
+        """Put every share in parallel. Without a background nursery, wait for all. With
+        one, return as soon as the write quorum has answered and either every put has or
+        WRITE_HEDGE has passed: the puts still running go on in the background (`late`
+        hears how they end) and their stores are bypassed for a while, as slow readers are.
+        """
+        n = len(step.shares)
         failed: dict[int, StoreError] = {}
+        stored: set[int] = set()
+        send, recv = trio.open_memory_channel[tuple[int, StoreError | None]](n)
+        returned = False
 
         async def put(i: int) -> None:
             si = step.where[i]
-            refusal = self.health.write_refusal(si)
-            if refusal is not None:
-                failed[i] = refusal
-                return
-            try:
-                await self.lay.stores[si].put(self.lay.name(step.oid, i), step.shares[i])
-            except StoreError as e:
-                failed[i] = e
-                self.health.mark_down(si, e)
+            error = self.health.write_refusal(si)
+            if error is None:
+                try:
+                    await self.lay.stores[si].put(self.lay.name(step.oid, i), step.shares[i])
+                except StoreError as e:
+                    error = e
+                    self.health.mark_down(si, e)
+            if not returned:
+                send.send_nowait((i, error))
+            elif self.late is not None:
+                self.late(step.oid, i, error)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(len(step.shares)):
-                nursery.start_soon(put, i)
-        return failed
+        def note(i: int, error: StoreError | None) -> None:
+            if error is None:
+                stored.add(i)
+            else:
+                failed[i] = error
+
+        if self.background is None:
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(put, i)
+        else:
+            for i in range(n):
+                self.background.start_soon(put, i)
+        deadline = trio.current_time() + WRITE_HEDGE
+        while len(stored) + len(failed) < n:
+            if len(stored) >= self.lay.quorum and trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline if len(stored) >= self.lay.quorum else
+                                 float("inf")):
+                note(*await recv.receive())
+        returned = True  # from here on, puts report to `late` (no await since the check)
+        while True:
+            try:
+                note(*recv.receive_nowait())
+            except trio.WouldBlock:
+                break
+        pending = [i for i in range(n) if i not in stored and i not in failed]
+        for i in pending:
+            si = step.where[i]
+            self.health.mark_down(si, StoreError(
+                f"store {self.lay.stores[si].url} is slow (a write waited {WRITE_HEDGE} s)"))
+        return PutResult(failed, pending)

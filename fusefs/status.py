@@ -73,33 +73,6 @@ def _keys_if_at_hand(vd: VolumeDir, key_file: str | None) -> VolumeKeys | None:
     return vd.unlock(key_file)[1]
 
 
-def _still_unrecoverable(meta: MetaRepo, events: list[dict]) -> set[str]:
-    """Files with a chunk that a read or scrub found unrecoverable and that nothing has
-    fixed since: not deleted or truncated away, not rewritten (another chunk version), not
-    healed by a later pass (the store came back). Events from before versions were
-    recorded count until the file or chunk is gone."""
-    healed = {}  # (inode, chunk) -> index of the last heal event
-    for n, e in enumerate(events):
-        if e.get("action") == "healed":
-            healed[(e.get("inode"), e.get("chunk"))] = n
-    out = set()
-    for n, e in enumerate(events):
-        if e.get("action") != "unrecoverable":
-            continue
-        ino, idx = e.get("inode"), e.get("chunk")
-        if ino is None or idx is None:
-            if e.get("file"):
-                out.add(e["file"])
-            continue
-        row = meta.get_chunk(ino, idx) if meta.get_inode(ino) is not None else None
-        if row is None or healed.get((ino, idx), -1) > n:
-            continue
-        if e.get("version") is not None and row.oid.hex() != e["version"]:
-            continue
-        out.add(meta.path_of(ino) or e.get("file") or f"<inode {ino}>")
-    return out
-
-
 def status(target: str, as_json: bool, key_file: str | None = None) -> int:
     vd, entry = resolve_target(target)
     mountpoint = str(entry.mountpoint) if entry else None
@@ -112,8 +85,10 @@ def status(target: str, as_json: bool, key_file: str | None = None) -> int:
         st = meta.stats()
         stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares, cfg.segment_size)
         queued = meta.repair_count()
-        at_risk = {meta.path_of(ino) or f"<inode {ino}>" for ino in meta.inodes_with_repairs()}
-        at_risk |= _still_unrecoverable(meta, events)
+        # At risk now: shares queued for repair, and chunks found unrecoverable that no read
+        # has found whole since (whatever made them whole: a store back, a heal, a scrub).
+        at_risk = {meta.path_of(ino) or f"<inode {ino}>"
+                   for ino in {*meta.inodes_with_repairs(), *meta.unreadable_inodes()}}
     finally:
         meta.close()
     by_store: dict[str, dict[str, int]] = {}

@@ -50,7 +50,7 @@ class Volume:
         events.resolve_path = meta.path_of
         self.health = StoreHealth(stores, events, clock)
         self.policy = IoPolicy(stores, clock)
-        self.reader = ChunkReader(lay, self.health, self.policy, events)
+        self.reader = ChunkReader(lay, self.health, self.policy, events, meta)
         self.watch = StoreWatch(lay, self.health, meta, events, writable=writable)
         self.writer = ChunkWriter(lay, self.health, self.policy, meta, events,
                                   recheck=self.watch.probe)
@@ -59,12 +59,14 @@ class Volume:
 
     @property
     def nursery(self) -> trio.Nursery | None:
-        """Where replaced shares are deleted in the background (None: inline)."""
+        """Where replaced shares are deleted and hedged puts finish in the background
+        (None: inline, awaited)."""
         return self.durability.nursery
 
     @nursery.setter
     def nursery(self, nursery: trio.Nursery | None) -> None:
         self.durability.nursery = nursery
+        self.writer.nursery = nursery
 
     # -- store health ----------------------------------------------------------------------
     def store_down(self, si: int) -> bool:

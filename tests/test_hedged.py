@@ -20,13 +20,14 @@ import pytest
 import trio
 import trio.testing
 
+from fusefs.chunkwrite import STORE_SLOW
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import MIN_CHUNK, VolumeConfig
 from fusefs.errors import StoreError
 from fusefs.events import EventLog, read_events
 from fusefs.health import STORE_RETRY_SECONDS
 from fusefs.meta.repo import MetaRepo
-from fusefs.shareio import HEDGE_DELAY
+from fusefs.shareio import HEDGE_DELAY, WRITE_HEDGE
 from fusefs.stores.local import LocalStore, object_relpath
 from fusefs.volume import Volume
 
@@ -43,6 +44,7 @@ class StallingStore(LocalStore):
         self.get_blocking = None
         self.put_blocking = None
         self.stalled = False
+        self.puts_stall_until: trio.Event | None = None  # set: stalled puts go through
 
     async def get(self, name: str) -> bytes:
         if self.stalled:
@@ -50,6 +52,8 @@ class StallingStore(LocalStore):
         return self._get_sync(name)
 
     async def put(self, name: str, data: bytes | memoryview) -> None:
+        if self.puts_stall_until is not None:
+            await self.puts_stall_until.wait()
         self._put_sync(name, data)
 
 
@@ -132,5 +136,40 @@ def test_writes_continue_at_quorum_and_queue_the_missing_share(vol) -> None:
         (i,) = missing
         name = volume.keys.object_name(row.oid, i)
         assert (dirs[row.placement[i]] / object_relpath(name)).is_file()
+
+    run_virtual(main)
+
+
+def test_a_write_does_not_wait_for_a_stalled_store(vol) -> None:
+    """The quorum has its shares: the write returns WRITE_HEDGE later; the stalled share is
+    queued as a repair with the commit and dropped from the queue once it arrives."""
+    volume, f, dirs = vol
+    data = os.urandom(30_000)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            volume.nursery = nursery
+            stalled = volume.stores[2]
+            stalled.puts_stall_until = trio.Event()
+            t0 = trio.current_time()
+            rows = []
+            for idx in range(3):  # the first waits WRITE_HEDGE; then the store is bypassed
+                row, missing = await volume.write_chunk(f.id, f.file_id, idx, data, 0)
+                volume.commit_chunk(f.id, row, missing)
+                rows.append((row, missing))
+            took = trio.current_time() - t0
+            assert took == pytest.approx(WRITE_HEDGE), took
+            assert volume.store_down(2), "the slow store is not bypassed"
+            queued = sum(len(m) for _, m in rows)
+            assert queued == sum(2 in r.placement for r, _ in rows) == \
+                volume.meta.repair_count()
+            for row, _ in rows:
+                assert await volume.read_chunk(f.id, f.file_id, row) == data
+            stalled.puts_stall_until.set()  # the store answers at last
+            await trio.sleep(1)
+            pending = sum(1 for r, m in rows if any(r.placement[i] == 2 and m[i] == STORE_SLOW
+                                                   for i in m))
+            assert volume.meta.repair_count() == queued - pending
+            volume.nursery = None
 
     run_virtual(main)

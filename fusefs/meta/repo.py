@@ -354,6 +354,30 @@ class MetaRepo:
     def garbage_done(self, ids: list[int]) -> None:
         self.db.executemany("DELETE FROM garbage WHERE id=?", [(i,) for i in ids])
 
+    # -- chunks found unrecoverable --------------------------------------------------------
+    def mark_unreadable(self, oid: bytes, ino: int, idx: int, now_ns: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO unreadable VALUES (?,?,?,?)",
+                        (oid, ino, idx, now_ns))
+
+    def clear_unreadable(self, oid: bytes) -> None:
+        self.db.execute("DELETE FROM unreadable WHERE oid=?", (oid,))
+
+    def unreadable_oids(self) -> set[bytes]:
+        return {r[0] for r in self._rows_if_table("SELECT oid FROM unreadable")}
+
+    def unreadable_inodes(self) -> list[int]:
+        """Files with a current chunk version found unrecoverable and not readable since."""
+        return [r[0] for r in self._rows_if_table(
+            "SELECT DISTINCT u.inode FROM unreadable u JOIN chunks c"
+            " ON c.inode = u.inode AND c.idx = u.idx AND c.oid = u.oid")]
+
+    def _rows_if_table(self, sql: str) -> list[tuple]:
+        """The rows, or none from a database of an older schema opened read-only."""
+        try:
+            return self.db.execute(sql).fetchall()
+        except sqlite3.OperationalError:
+            return []
+
     # -- power-loss recovery -------------------------------------------------------------
     def durable_garbage_id(self) -> int:
         """Garbage rows up to this id were replaced by versions known to be durable."""

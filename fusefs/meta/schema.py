@@ -94,6 +94,17 @@ CREATE TABLE repairs (
     PRIMARY KEY (oid, share)
 ) WITHOUT ROWID;
 
+-- Chunk versions a read or scrub found unrecoverable (fewer than K good shares) and no
+-- read has found whole since: what `fusefs status` lists as files at risk, with the repair
+-- queue. A successful whole read of the version removes its row, whatever made it good
+-- again (a store came back, a heal, a scrub). The events keep the history.
+CREATE TABLE unreadable (
+    oid       BLOB PRIMARY KEY,
+    inode     INTEGER NOT NULL,
+    idx       INTEGER NOT NULL,
+    since_ns  INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- Key/value facts about the database itself: schema_version; durable_garbage_id (see
 -- garbage).
 CREATE TABLE dbinfo (
@@ -118,6 +129,9 @@ MIGRATIONS = {
         ALTER TABLE garbage ADD COLUMN length INTEGER;
         ALTER TABLE garbage ADD COLUMN digests BLOB;
         ALTER TABLE garbage ADD COLUMN size_before INTEGER;
+        CREATE TABLE unreadable (oid BLOB PRIMARY KEY, inode INTEGER NOT NULL,
+                                 idx INTEGER NOT NULL, since_ns INTEGER NOT NULL)
+            WITHOUT ROWID;
     """,
 }
 
