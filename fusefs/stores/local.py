@@ -579,13 +579,14 @@ class LocalStore(Store):
                                  f"{self._layout_problem(OBJECTS) or e.strerror}") from None
             raise self._error("list", OBJECTS, e) from None
         names: list[str] = []
+        fullmatch = _OBJECT_NAME.fullmatch  # per entry: millions of them
         try:
             for sub, fd in _fanout_dirs(objects):
                 try:
                     with os.scandir(fd) as entries:
-                        names.extend(e.name for e in entries
-                                     if e.name.startswith(sub) and is_object_name(e.name)
-                                     and e.is_file(follow_symlinks=False))
+                        names.extend(n for e in entries
+                                      if (n := e.name).startswith(sub) and fullmatch(n)
+                                      and e.is_file(follow_symlinks=False))
                 finally:
                     os.close(fd)
         except OSError as e:
