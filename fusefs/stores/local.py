@@ -27,8 +27,11 @@ itself is not a directory), and a put that needs it fails with a StoreError nami
 volume queues a repair and reports the store). Deleting or replacing it would discard what
 someone deliberately put there; an admin has to look at it.
 
-Temporaries a crashed writer left behind (`.tmp-*`, invisible to `list`) are removed by
-`remove_stale_temporaries`.
+Temporaries a crashed writer left behind (`.tmp-*` regular files in the root and the fan-out
+directories, invisible to `list`) are removed by `remove_stale_temporaries`: those that no
+put of this process is writing (tracked by name, so a put stalled for minutes on a slow disk
+keeps its file) and that were last written more than `older_than` seconds ago (which spares
+the puts of another process using the store, such as an admin command).
 """
 
 from __future__ import annotations
