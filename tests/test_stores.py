@@ -14,6 +14,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ import trio
 from fusefs.codec.buffers import page_aligned_slots
 from fusefs.errors import ConfigError, NoSuchObject, StoreError
 from fusefs.mounts import NETWORK_FILESYSTEMS, filesystem_type, may_hang
+from fusefs.stores import local as local_mod
 from fusefs.stores import open_store
 from fusefs.stores.base import MARKER, Store
 from fusefs.stores.local import DIRECT_MIN, LocalStore, object_relpath
@@ -529,3 +531,366 @@ def test_filesystem_type_of_a_store_path(tmp_path: Path) -> None:
     assert may_hang(tmp_path) == (want in NETWORK_FILESYSTEMS or want.startswith("fuse"))
     assert LocalStore(str(tmp_path)).inline_io == (not may_hang(tmp_path))
     assert filesystem_type("/proc/self") == "proc"
+
+
+# ------------------------------------------------------------------------------------------
+# LocalStore containment: planted symlinks and other strays (issue 12)
+# ------------------------------------------------------------------------------------------
+
+
+OUTSIDE_BYTES = b"outside the store: must never be read, written or deleted\n"
+
+
+@pytest.fixture(params=["openat2", "per-component"])
+def walk_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with openat2 and again with the fallback for kernels without it."""
+    if request.param == "openat2":
+        if not local_mod.OPENAT2:
+            pytest.skip("this kernel has no openat2(2)")
+    else:
+        monkeypatch.setattr(local_mod, "OPENAT2", False)
+    return request.param
+
+
+def snapshot(top: Path) -> dict[str, tuple]:
+    """Every entry below top (symlinks not followed): kind, bytes or link target, mtime."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            st = p.lstat()
+            rel = str(p.relative_to(top))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p), st.st_mtime_ns)
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = ("file", p.read_bytes(), st.st_mtime_ns)
+            else:
+                out[rel] = ("other", stat.S_IFMT(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+class Planted:
+    """A store with objects in two fan-out directories, and an outside directory (with a
+    sentinel file) that symlinks in the store point to."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "store"
+        self.root.mkdir()
+        self.store = LocalStore(str(self.root))
+        self.outside = tmp_path / "outside"
+        self.outside.mkdir()
+        self.secret = self.outside / "secret"
+        self.secret.write_bytes(OUTSIDE_BYTES)
+        self.a1, self.a2, self.b1 = "a1" + "0" * 30, "a2" + "0" * 30, "b1" + "0" * 30
+
+        async def fill():
+            await self.store.write_marker("ee" * 16)
+            for n in (self.a1, self.a2, self.b1):
+                await self.store.put(n, n.encode())
+
+        run(fill)
+
+    def path(self, name: str) -> Path:
+        return self.root / object_relpath(name)
+
+    def snapshot(self) -> dict[str, tuple]:
+        return snapshot(self.outside)
+
+    def move_out(self, rel: str) -> Path:
+        """Move ROOT/rel outside (its objects keep their bytes) and symlink it back."""
+        target = self.outside / rel.replace("/", "-")
+        os.rename(self.root / rel, target)
+        (self.root / rel).symlink_to(target)
+        return target
+
+
+def assert_missing_everywhere(store: LocalStore, name: str) -> None:
+    """Every read path says NoSuchObject (never the outside bytes, never another error)."""
+    for read in (lambda: store.get_blocking(name),
+                 lambda: store.get_range_blocking(name, 0, 10),
+                 lambda: store.read_into_blocking(name, memoryview(bytearray(100))),
+                 lambda: run(store.get, name),
+                 lambda: run(store.get_range, name, 0, 10)):
+        with pytest.raises(NoSuchObject) as exc:
+            read()
+        assert store.url in str(exc.value) and name in str(exc.value)
+    store.will_need_blocking(name)  # a hint: no error, no effect
+
+
+def test_local_symlinked_objects_read_as_missing_and_puts_replace_the_link(
+        tmp_path: Path, walk_mode: str) -> None:
+    """Object names that are symlinks (to an outside file, a dangling one, to an outside
+    directory): reads fail as missing, list and delete leave them alone, a put replaces the
+    link itself with a regular file and never writes through it."""
+    s = Planted(tmp_path)
+    s.path(s.a1).unlink()
+    s.path(s.a1).symlink_to(s.secret)
+    s.path(s.a2).unlink()
+    s.path(s.a2).symlink_to(s.outside / "created-through-a-link")  # dangling
+    s.path(s.b1).unlink()
+    s.path(s.b1).symlink_to(s.outside)
+    (s.root / MARKER).unlink()
+    (s.root / MARKER).symlink_to(s.secret)
+    before = s.snapshot()
+
+    for name in (s.a1, s.a2, s.b1):
+        assert_missing_everywhere(s.store, name)
+    assert run(s.store.read_marker) is None
+    assert run(s.store.list) == []
+    run(s.store.delete_many, [s.a1, s.a2, s.b1])
+    run(s.store.delete, s.a1)
+    assert all(s.path(n).is_symlink() for n in (s.a1, s.a2, s.b1)), "delete removed a link"
+    assert s.snapshot() == before
+
+    async def heal():
+        for n in (s.a1, s.a2, s.b1):
+            await s.store.put(n, b"healed " + n.encode())
+        await s.store.write_marker("ee" * 16)
+
+    run(heal)
+    for n in (s.a1, s.a2, s.b1):
+        assert not s.path(n).is_symlink() and s.path(n).is_file()
+        assert s.store.get_blocking(n) == b"healed " + n.encode()
+    assert not (s.root / MARKER).is_symlink()
+    assert run(s.store.read_marker)["volume"] == "ee" * 16
+    assert sorted(run(s.store.list)) == sorted([s.a1, s.a2, s.b1])
+    assert s.snapshot() == before, "a put wrote outside the store"
+
+
+def test_local_symlinked_fanout_dir_is_never_traversed(tmp_path: Path, walk_mode: str
+                                                         ) -> None:
+    """objects/a -> a directory outside holding valid objects: reads fail as missing, list
+    skips it, delete leaves its files, a put into it fails naming it (nothing created
+    there); other fan-out directories work as before."""
+    s = Planted(tmp_path)
+    target = s.move_out("objects/a")
+    before = s.snapshot()
+    assert sorted(p.name for p in target.iterdir()) == sorted([s.a1, s.a2])
+
+    for name in (s.a1, s.a2):
+        assert_missing_everywhere(s.store, name)
+    assert run(s.store.list) == [s.b1]
+    run(s.store.delete_many, [s.a1, s.a2])
+    with pytest.raises(StoreError) as exc:
+        run(s.store.put, s.a1, b"new")
+    assert not isinstance(exc.value, NoSuchObject)
+    assert s.store.url in str(exc.value) and "objects/a" in str(exc.value)
+    assert "symlink" in str(exc.value)
+    with pytest.raises(StoreError):
+        s.store.put_blocking("a9" + "0" * 30, b"new")
+    assert s.snapshot() == before, "something changed outside the store"
+
+    run(s.store.put, "c1" + "0" * 30, b"elsewhere")  # the rest of the store still works
+    assert s.store.get_blocking(s.b1) == s.b1.encode()
+    assert sorted(run(s.store.list)) == [s.b1, "c1" + "0" * 30]
+    assert s.snapshot() == before
+
+
+def test_local_symlinked_objects_dir_refuses_writes(tmp_path: Path, walk_mode: str) -> None:
+    """objects -> a directory outside: nothing of it is read, listed, deleted or written;
+    the store still checks (refusing would refuse the whole mount) and keeps its marker."""
+    s = Planted(tmp_path)
+    s.move_out("objects")
+    before = s.snapshot()
+
+    for name in (s.a1, s.b1):
+        assert_missing_everywhere(s.store, name)
+    with pytest.raises(StoreError) as exc:
+        run(s.store.list)
+    assert "objects is a symlink" in str(exc.value) and s.store.url in str(exc.value)
+    run(s.store.delete_many, [s.a1, s.b1])
+    for name in (s.a1, "f0" + "0" * 30):  # an existing and a new fan-out directory
+        with pytest.raises(StoreError) as exc:
+            run(s.store.put, name, b"new")
+        assert "objects is a symlink" in str(exc.value), exc.value
+    run(s.store.check, True)
+    assert run(s.store.read_marker)["volume"] == "ee" * 16
+    assert run(s.store.remove_stale_temporaries, 0) == 0
+    assert s.snapshot() == before, "something changed outside the store"
+
+
+def test_local_non_regular_objects_read_as_missing(tmp_path: Path, walk_mode: str) -> None:
+    """A directory, a FIFO (must not hang the reader) or a file where a fan-out directory
+    should be: missing for reads, not listed, not deleted; a put replaces an empty
+    directory or a FIFO with the object."""
+    s = Planted(tmp_path)
+    s.path(s.a1).unlink()
+    s.path(s.a1).mkdir()
+    s.path(s.a2).unlink()
+    os.mkfifo(s.path(s.a2))
+    shutil.rmtree(s.root / "objects" / "b")
+    (s.root / "objects" / "b").write_bytes(b"a file, not a fan-out directory")
+
+    for name in (s.a1, s.a2, s.b1):
+        assert_missing_everywhere(s.store, name)
+    assert run(s.store.list) == []
+    run(s.store.delete_many, [s.a1, s.a2, s.b1])
+    assert s.path(s.a1).is_dir() and stat.S_ISFIFO(s.path(s.a2).lstat().st_mode)
+    run(s.store.put, s.a1, b"one")
+    run(s.store.put, s.a2, b"two")
+    with pytest.raises(StoreError) as exc:
+        run(s.store.put, s.b1, b"three")
+    assert "objects/b is not a directory" in str(exc.value)
+    assert (s.store.get_blocking(s.a1), s.store.get_blocking(s.a2)) == (b"one", b"two")
+    assert sorted(run(s.store.list)) == [s.a1, s.a2]
+
+
+def test_local_list_and_delete_agree(tmp_path: Path, walk_mode: str) -> None:
+    """Strays of every kind are neither listed nor deleted; every listed name is deleted
+    for real by delete_many, after which nothing is listed and every stray is still
+    there."""
+    s = Planted(tmp_path)
+    objects = s.root / "objects"
+    wrong_dir = objects / "a" / ("b7" + "0" * 30)  # an object name in the wrong fan-out dir
+    wrong_dir.write_bytes(b"misplaced")
+    (objects / "a" / ("A3" + "0" * 30)).write_bytes(b"upper case: not an object name")
+    (objects / "a" / "a-not-hex").write_bytes(b"not hex")
+    (objects / "a" / ".tmp-0123456789ab").write_bytes(b"a temporary")
+    (objects / "a" / ("a4" + "0" * 30)).mkdir()
+    (objects / "a" / ("a5" + "0" * 30)).symlink_to(s.secret)
+    (objects / "ab").mkdir()  # not a fan-out name
+    (objects / "ab" / ("ab" + "0" * 30)).write_bytes(b"in a directory that is not ours")
+    (objects / "c").symlink_to(s.outside)
+    (s.outside / ("c1" + "0" * 30)).write_bytes(b"outside, 'in' objects/c")
+    def strays_now() -> dict[str, tuple]:  # directories' mtimes change with deletes
+        return {rel: v[:2] for rel, v in snapshot(s.root).items()
+                if rel not in {object_relpath(n) for n in (s.a1, s.a2, s.b1)}}
+
+    strays = strays_now()
+    before = s.snapshot()
+
+    listed = run(s.store.list)
+    assert sorted(listed) == sorted([s.a1, s.a2, s.b1])
+    every_name = listed + ["b7" + "0" * 30, "A3" + "0" * 30, "a-not-hex", "a4" + "0" * 30,
+                           "a5" + "0" * 30, "ab" + "0" * 30, "c1" + "0" * 30, ".tmp-0123456789ab",
+                           MARKER]
+    run(s.store.delete_many, every_name)
+    assert run(s.store.list) == []
+    assert strays_now() == strays
+    assert s.snapshot() == before
+
+
+def test_local_store_directory_removed_and_recreated(tmp_path: Path, walk_mode: str) -> None:
+    """The root is found by its path on every operation: a removed store is unavailable
+    (not "missing object"), a recreated one is used at once."""
+    s = Planted(tmp_path)
+    os.rename(s.root, tmp_path / "away")
+    for read in (lambda: s.store.get_blocking(s.a1), lambda: run(s.store.put, s.a1, b"x")):
+        with pytest.raises(StoreError) as exc:
+            read()
+        assert not isinstance(exc.value, NoSuchObject)
+        assert "unavailable" in str(exc.value)
+    assert not s.root.exists(), "a put created the missing store root"
+    s.root.mkdir()
+    with pytest.raises(NoSuchObject):
+        s.store.get_blocking(s.a1)
+    run(s.store.put, s.a1, b"again")
+    assert (s.root / object_relpath(s.a1)).read_bytes() == b"again"
+    assert (tmp_path / "away" / object_relpath(s.a1)).read_bytes() == s.a1.encode()
+
+
+def test_local_root_may_be_the_admins_symlink(tmp_path: Path, walk_mode: str) -> None:
+    """The configured root is trusted: a symlink there is followed (and re-resolved once
+    its old target is gone); only what is below it must be free of symlinks."""
+    disk1, disk2 = tmp_path / "disk1", tmp_path / "disk2"
+    disk1.mkdir()
+    disk2.mkdir()
+    link = tmp_path / "store-link"
+    link.symlink_to(disk1)
+    store = LocalStore(str(link))
+    run(store.put, name_of(1), b"on disk1")
+    assert (disk1 / object_relpath(name_of(1))).read_bytes() == b"on disk1"
+    assert run(store.list) == [name_of(1)]
+    shutil.rmtree(disk1)
+    link.unlink()
+    link.symlink_to(disk2)  # the admin re-points the store
+    with pytest.raises(NoSuchObject):
+        store.get_blocking(name_of(1))
+    run(store.put, name_of(2), b"on disk2")
+    assert (disk2 / object_relpath(name_of(2))).read_bytes() == b"on disk2"
+
+
+def test_local_object_names_stay_below_the_store(tmp_path: Path) -> None:
+    """Names are lowercase hex: anything else cannot be read or written (no "..", "/")."""
+    s = Planted(tmp_path)
+    for bad in ("../../outside/secret", "a/../../../outside/secret", "..", "", "A1" + "0" * 30):
+        with pytest.raises(NoSuchObject):
+            s.store.get_blocking(bad)
+        with pytest.raises(StoreError):
+            run(s.store.put, bad, b"x")
+
+
+# ------------------------------------------------------------------------------------------
+# Stale temporaries
+# ------------------------------------------------------------------------------------------
+
+
+def test_remove_stale_temporaries_default_is_a_no_op(store: Store) -> None:
+    async def main():
+        await store.put(name_of(1), b"x")
+        return await store.remove_stale_temporaries(0), await store.list()
+
+    assert run(main) == (0, [name_of(1)])
+
+
+def age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+def test_local_remove_stale_temporaries(tmp_path: Path, walk_mode: str) -> None:
+    """Old `.tmp-*` files in the fan-out directories and the root go; a fresh one, objects,
+    and anything that is not a regular file (a link to outside, a directory) stay."""
+    s = Planted(tmp_path)
+    objects = s.root / "objects"
+    old = [objects / "a" / ".tmp-000000000001", objects / "b" / ".tmp-000000000002",
+           s.root / ".tmp-000000000003"]
+    fresh = objects / "a" / ".tmp-000000000004"
+    kept = [fresh, objects / "b" / ".tmp-link", objects / "a" / ".tmp-dir",
+            objects / "a" / ".tmp", objects / "a" / ".other-dot-name"]
+    for p in old + [fresh, objects / "a" / ".tmp", objects / "a" / ".other-dot-name"]:
+        p.write_bytes(b"crashed put")
+    (objects / "b" / ".tmp-link").symlink_to(s.secret)
+    (objects / "a" / ".tmp-dir").mkdir()
+    for p in old + kept[1:]:
+        age(p, 3600)
+    age(fresh, 60)
+    before = s.snapshot()
+
+    assert run(s.store.remove_stale_temporaries, 600) == len(old)
+    assert not any(p.exists() for p in old)
+    assert all(p.exists() or p.is_symlink() for p in kept)
+    assert sorted(run(s.store.list)) == sorted([s.a1, s.a2, s.b1])
+    assert s.store.get_blocking(s.a1) == s.a1.encode()
+    assert s.snapshot() == before
+    assert run(s.store.remove_stale_temporaries, 600) == 0
+
+
+def test_local_remove_stale_temporaries_spares_puts_in_progress(
+        local: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put's own temporary is never removed, however old it looks (a write can stall for
+    minutes on a hung disk): removal runs in the middle of a put that then succeeds."""
+    removed = []
+    real_write_all = local_mod._write_all
+
+    def write_all_then_clean(fd: int, view: memoryview) -> None:
+        real_write_all(fd, view)
+        tmp = [p for p in (local.root / "objects").rglob(".tmp-*")]
+        assert len(tmp) == 1
+        age(tmp[0], 3600)
+        removed.append(local._remove_stale_sync(0))
+
+    monkeypatch.setattr(local_mod, "_write_all", write_all_then_clean)
+    run(local.put, name_of(1), b"in progress")
+    assert removed == [0]
+    assert local.get_blocking(name_of(1)) == b"in progress"
+    assert not list(local.root.rglob(".tmp-*"))
+
+
+def test_local_remove_stale_temporaries_of_a_missing_store(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "never-created"))
+    with pytest.raises(StoreError) as exc:
+        run(store.remove_stale_temporaries, 0)
+    assert "unavailable" in str(exc.value) and store.url in str(exc.value)
+    empty = LocalStore(str(tmp_path))
+    assert run(empty.remove_stale_temporaries, 0) == 0

@@ -79,6 +79,14 @@ class Store(ABC):
         """(total bytes, free bytes) when the store can tell, else None."""
         return None
 
+    async def remove_stale_temporaries(self, older_than: float) -> int:
+        """Remove temporaries a crashed writer left behind (a put killed between creating
+        and renaming its file), last written more than `older_than` seconds ago and not in
+        use by a put of this process; return how many. `list` never shows them, so nothing
+        else would reclaim their space. Stores that write atomically (S3: one PUT) have
+        none."""
+        return 0
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file descriptors."""
 

@@ -4,6 +4,34 @@ Layout: ROOT/fusefs-store (marker) and ROOT/objects/<1 hex>/<name>. Puts write a
 file and rename it into place, so an object is never seen half-written. Durability is
 batched: `sync` calls syncfs(2) on the store's filesystem once, instead of an fsync per
 share (5 fsyncs per chunk would dominate write time).
+
+Containment. The daemon runs as root, and whoever can write into a store directory (or
+brings the disk) must not be able to make it create, read or delete files elsewhere. So no
+path below the store root is ever followed through a symlink: every open is one openat2(2)
+with RESOLVE_NO_SYMLINKS on the root's resolved path (on kernels without openat2, one
+component at a time with O_NOFOLLOW), and creates, renames, unlinks and mkdirs act on a
+single name relative to a directory fd opened that way. The configured root path is the
+trust anchor: a symlink there (or above it) is the admin's and is resolved (see `_resolve`).
+
+What is an object. Exactly a regular file objects/<d>/<name> whose name is lowercase hex
+starting with <d>. `list` returns those and nothing else, and `delete` removes those and
+nothing else, so the two always agree: anything misplaced (a symlink, a directory, a device
+or FIFO, a file in the wrong fan-out directory, a temporary) is neither listed nor deleted.
+Reading a name that is not such a file raises NoSuchObject: the volume rebuilds the share
+from the other stores and heals it with a put, whose rename replaces whatever was in the way
+(a rename over a symlink replaces the link, never its target; an empty directory is removed).
+
+A symlinked (or otherwise non-directory) `objects` or fan-out directory is never traversed:
+its objects read as missing, `list` skips the fan-out directory (and refuses when `objects`
+itself is not a directory), and a put that needs it fails with a StoreError naming it (the
+volume queues a repair and reports the store). Deleting or replacing it would discard what
+someone deliberately put there; an admin has to look at it.
+
+Temporaries a crashed writer left behind (`.tmp-*` regular files in the root and the fan-out
+directories, invisible to `list`) are removed by `remove_stale_temporaries`: those that no
+put of this process is writing (tracked by name, so a put stalled for minutes on a slow disk
+keeps its file) and that were last written more than `older_than` seconds ago (which spares
+the puts of another process using the store, such as an admin command).
 """
 
 from __future__ import annotations
@@ -14,9 +42,13 @@ import errno
 import fcntl
 import mmap
 import os
+import platform
+import re
 import secrets
+import stat
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +66,94 @@ _IO_THREADS = 8  # concurrent blocking calls per store
 # with 256 directories, ~130 us with 16 (ext4, measured); htree directories stay fast with
 # millions of entries.
 FANOUT_DIGITS = 1
+OBJECTS = "objects"
+TMP_PREFIX = ".tmp-"  # temporaries of puts: dot-names, which `list` never returns
+_OBJECT_NAME = re.compile(r"[0-9a-f]+")  # what keys.object_name makes (32 hex digits)
+_NOT_FOLLOWED = (errno.ELOOP, errno.ENOTDIR)  # a symlink (or a file) where a directory is
+# Reading a non-regular file where an object should be (a directory, a FIFO, a socket): the
+# object is not there.
+_NOT_A_FILE = (errno.EISDIR, errno.ESPIPE, errno.ENXIO)
+
+# openat2(2) (Linux 5.6): the whole path walk in one syscall, refusing every symlink. The
+# path is absolute (the root's resolved path, see LocalStore._resolve): RESOLVE_BENEATH
+# would need an fd of the root, which keeps pointing at a store directory that was removed,
+# replaced or mounted over. Without symlinks and with hex names (no ".."), the walk cannot
+# leave the root anyway.
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+_AT_FDCWD = -100
+RESOLVE_NO_SYMLINKS = 0x04  # any symlink on the path (its last component too): ELOOP
+
+
+class _OpenHow(ctypes.Structure):
+    """struct open_how of openat2(2)."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_void_p, ctypes.c_size_t, use_errno=True)(("syscall", _libc))
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_hows: dict[tuple[int, int], _OpenHow] = {}  # kept alive: the syscall gets their addresses
+
+
+def _how(flags: int, mode: int) -> int:
+    """The address of an open_how for these flags, refusing symlinks anywhere."""
+    how = _hows.get((flags, mode))
+    if how is None:
+        how = _hows.setdefault((flags, mode), _OpenHow(flags | os.O_CLOEXEC, mode,
+                                                       RESOLVE_NO_SYMLINKS))
+    return ctypes.addressof(how)
+
+
+def _openat2(path: str, flags: int, mode: int = 0) -> int:
+    fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, path.encode("utf-8", "surrogateescape"),
+                  _how(flags, mode), _HOW_SIZE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+def _probe_openat2() -> bool:
+    """Whether openat2 works here (old kernels: ENOSYS; some seccomp filters: EPERM)."""
+    if _SYS_OPENAT2 is None:
+        return False
+    try:
+        os.close(_openat2("/", os.O_PATH | os.O_DIRECTORY))
+    except OSError:
+        return False
+    return True
+
+
+OPENAT2 = _probe_openat2()  # tests turn it off to run the per-component fallback
+
+
+def _open_walk(base: str, rel: str, flags: int, mode: int = 0) -> int:
+    """The fallback for kernels without openat2: the root as it is, then every component
+    below it relative to the previous directory fd, none followed if it is a symlink."""
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not rel:
+        try:
+            return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=fd)
+        finally:
+            os.close(fd)
+    *dirs, last = rel.split("/")
+    try:
+        for part in dirs:
+            # O_NOFOLLOW | O_DIRECTORY: a symlink fails with ENOTDIR, never opens its target
+            sub = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def is_object_name(name: str) -> bool:
+    """Whether `name` can be a share object's name (lowercase hex)."""
+    return _OBJECT_NAME.fullmatch(name) is not None
 
 
 # Shares this big are written with O_DIRECT: the kernel's copy into the page cache was a
@@ -101,10 +221,17 @@ def _write_direct(fd: int, view: memoryview) -> None:
 
 def object_relpath(name: str) -> str:
     """Where an object lives below the store root."""
-    return f"objects/{name[:FANOUT_DIGITS]}/{name}"
+    return f"{OBJECTS}/{name[:FANOUT_DIGITS]}/{name}"
 
 
 T = TypeVar("T")
+# Reads: O_NONBLOCK so that a FIFO planted where an object should be cannot hang the reader
+# (its read then fails, like any bad share; no effect on regular files), O_NOCTTY so that a
+# terminal planted there does not become the daemon's controlling terminal.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+_READ_HOW = _how(_READ_FLAGS, 0)
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY  # a directory to create, rename or unlink in
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY  # a directory to read
 
 
 def _fill(fd: int, view: memoryview) -> int:
@@ -119,7 +246,11 @@ def _fill(fd: int, view: memoryview) -> int:
 
 
 def _read_whole(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ENXIO,
+                      "not a regular file")
+    size = st.st_size
     data = os.read(fd, size)
     while len(data) < size:  # short reads are rare (signals, special filesystems)
         more = os.read(fd, size - len(data))
@@ -129,15 +260,58 @@ def _read_whole(fd: int) -> bytes:
     return data
 
 
+def _replace(parent: int, tmp: str, name: str) -> None:
+    """Rename tmp over name in the directory `parent`. A symlink there is replaced itself,
+    never its target; an empty directory in the way (damage) is removed first."""
+    try:
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except IsADirectoryError:
+        os.rmdir(name, dir_fd=parent)  # only an empty one; anything else fails the put
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def _unlink_regular(parent: int, name: str) -> None:
+    """Unlink name in `parent` if it is a regular file (what `list` reports); a missing
+    one is fine. (Swapped for something else meanwhile: unlinkat removes that name, never
+    what a symlink points to.)"""
+    try:
+        if stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+
+
+def _fanout_dirs(objects: int) -> Iterator[tuple[str, int]]:
+    """(name, readable fd) of each fan-out directory below the `objects` fd, opened one at
+    a time (the caller closes each): real directories with a fan-out name only."""
+    with os.scandir(objects) as entries:
+        subs = sorted(e.name for e in entries
+                      if len(e.name) == FANOUT_DIGITS and is_object_name(e.name)
+                      and e.is_dir(follow_symlinks=False))
+    for sub in subs:
+        try:
+            fd = os.open(sub, _LIST_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=objects)
+        except OSError as e:
+            if e.errno == errno.ENOENT or e.errno in _NOT_FOLLOWED:
+                continue  # removed or swapped for a symlink meanwhile
+            raise
+        yield sub, fd
+
+
 class LocalStore(Store):
     def __init__(self, root: str) -> None:
         self.root = Path(root)
         self.url = f"file://{self.root}"
-        self._objects = self.root / "objects"
-        self._root_str = f"{self.root}/"
-        self._objects_str = f"{self._objects}/"
+        self._given = os.path.abspath(root)
+        # The root's resolved path, found by the first operation (resolving may block on a
+        # hung NFS server: not in the constructor). Every open below walks it again, so a
+        # store directory removed, replaced or mounted over is noticed at once; an fd of the
+        # root kept open would still point at the old directory.
+        self._base: str | None = None
+        self._objects_prefix: str | None = None  # f"{_base}/objects/", for the read path
         self._limiter = trio.CapacityLimiter(_IO_THREADS)
         self._dirty = False
+        self._writing: set[str] = set()  # temporaries of puts in progress in this process
         self.get_blocking = self._get_sync
         self.get_range_blocking = self._get_range_sync
         self.will_need_blocking = self._will_need_sync
@@ -151,11 +325,68 @@ class LocalStore(Store):
         self._put_sync(name, data)
         self._dirty = True
 
-    def _path(self, name: str) -> str:
-        # plain strings: pathlib costs microseconds per join on the read hot path
+    # -- paths ---------------------------------------------------------------------------
+    def _resolve(self) -> str:
+        """The root's path with the admin's symlinks resolved (the root itself may be one):
+        the walk below it then refuses every symlink. Resolved again when a walk fails or
+        the store is checked, so a re-pointed root link is followed once the old target
+        is gone."""
+        base = self._base = os.path.realpath(self.root)
+        self._objects_prefix = f"{base}/{OBJECTS}/"
+        return base
+
+    def _open_below(self, rel: str, flags: int, mode: int = 0) -> int:
+        """An fd of ROOT/rel, no symlink followed on the way (OSError as the kernel says:
+        ELOOP or ENOTDIR for a symlink)."""
+        base = self._base or self._resolve()
+        for retry in (True, False):
+            try:
+                if OPENAT2:
+                    return _openat2(f"{base}/{rel}", flags, mode)
+                return _open_walk(base, rel, flags, mode)
+            except OSError as e:
+                # The admin's symlinks in the root path may have changed: resolve it again
+                # (only then, for a missing object: realpath costs a stat per component).
+                if not (retry and (e.errno in _NOT_FOLLOWED or e.errno == errno.ENOENT
+                                   and base != self._given)):
+                    raise
+                old, base = base, self._resolve()
+                if base == old:
+                    raise
+        raise AssertionError("not reached")
+
+    def _object_rel(self, name: str) -> str:
         if name == MARKER:
-            return self._root_str + MARKER
-        return f"{self._root_str}{object_relpath(name)}"
+            return MARKER
+        if _OBJECT_NAME.fullmatch(name) is None:  # no "/" or "..": the walk stays below
+            raise NoSuchObject(f"store {self.url}: {name!r} is not an object name")
+        return f"{OBJECTS}/{name[:FANOUT_DIGITS]}/{name}"
+
+    def _dir_rel(self, name: str) -> str:
+        """The directory an object (or the marker) lives in, below the root."""
+        return "" if name == MARKER else f"{OBJECTS}/{name[:FANOUT_DIGITS]}"
+
+    def _missing_root(self) -> StoreError | None:
+        if self.root.is_dir():
+            return None
+        return StoreError(f"store {self.url} is unavailable (directory missing)")
+
+    def _layout_problem(self, rel_dir: str) -> str | None:
+        """Which directory on the way to rel_dir is a symlink or no directory (error
+        messages only: lstat, never following)."""
+        base = self._base or self._resolve()
+        parts = rel_dir.split("/") if rel_dir else []
+        for n in range(1, len(parts) + 1):
+            sub = "/".join(parts[:n])
+            try:
+                mode = os.lstat(f"{base}/{sub}").st_mode
+            except OSError:
+                return None
+            if stat.S_ISLNK(mode):
+                return f"{sub} is a symlink; not followed"
+            if not stat.S_ISDIR(mode):
+                return f"{sub} is not a directory"
+        return None
 
     def _error(self, what: str, name: str, e: OSError) -> StoreError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -167,19 +398,33 @@ class LocalStore(Store):
 
     # -- blocking parts, run in worker threads ------------------------------------------
     def _open(self, name: str) -> int:
+        if OPENAT2 and self._objects_prefix and _OBJECT_NAME.fullmatch(name) is not None:
+            # the hot path, one openat2 (_open_below inlined: it costs a microsecond more)
+            fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, f"{self._objects_prefix}"
+                          f"{name[:FANOUT_DIGITS]}/{name}".encode("utf-8", "surrogateescape"),
+                          _READ_HOW, _HOW_SIZE)
+            if fd >= 0:
+                return fd
+        # the marker, a failure (reported below), no openat2: the general way
         try:
-            return os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError:
-            if not self.root.is_dir():  # the whole store is gone (unmounted disk?)
-                raise StoreError(f"store {self.url} is unavailable (directory missing)") from None
-            raise NoSuchObject(f"store {self.url}: object {name} is missing") from None
+            return self._open_below(self._object_rel(name), _READ_FLAGS)
         except OSError as e:
-            raise self._error("read", name, e) from None
+            raise self._read_error(name, e) from None
+
+    def _read_error(self, name: str, e: OSError) -> StoreError:
+        if e.errno == errno.ENOENT:
+            # the whole store gone (an unmounted disk?) is not a missing object
+            return self._missing_root() or NoSuchObject(
+                f"store {self.url}: object {name} is missing")
+        if e.errno in _NOT_FOLLOWED or e.errno in _NOT_A_FILE:
+            return NoSuchObject(f"store {self.url}: object {name} is missing (no regular "
+                                f"file reachable without symlinks: {e.strerror})")
+        return self._error("read", name, e)
 
     def _will_need_sync(self, name: str) -> None:
         try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except OSError:
+            fd = self._open(name)
+        except StoreError:
             return  # the read that follows reports it
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
@@ -194,7 +439,7 @@ class LocalStore(Store):
         try:
             return how(fd)
         except OSError as e:
-            raise self._error("read", name, e) from None
+            raise self._read_error(name, e) from None
         finally:
             os.close(fd)
 
@@ -208,23 +453,55 @@ class LocalStore(Store):
     def _get_sync(self, name: str) -> bytes:
         return self._read(name, _read_whole)
 
+    def _dir_fd(self, name: str) -> int:
+        """An O_PATH fd of the directory `name` is put in, created if missing (never the
+        root itself, nor through a symlink)."""
+        rel = self._dir_rel(name)
+        try:
+            return self._open_below(rel, _DIR_FLAGS)
+        except FileNotFoundError:
+            # Never create the store root: if it is gone (a disk not mounted), writing
+            # into the empty mountpoint below it would fill the wrong disk.
+            missing = self._missing_root()
+            if missing is not None:
+                raise missing from None
+            try:
+                self._make_dirs(rel)
+                return self._open_below(rel, _DIR_FLAGS)
+            except OSError as e:
+                raise self._write_dir_error(name, rel, e) from None
+        except OSError as e:
+            raise self._write_dir_error(name, rel, e) from None
+
+    def _make_dirs(self, rel: str) -> None:
+        """mkdir each missing directory of rel, each relative to its (unfollowed) parent."""
+        done = ""
+        for part in rel.split("/"):
+            parent = self._open_below(done, _DIR_FLAGS)
+            try:
+                os.mkdir(part, dir_fd=parent)
+            except FileExistsError:
+                pass  # made meanwhile; or a symlink, which the next open refuses
+            finally:
+                os.close(parent)
+            done = f"{done}/{part}" if done else part
+
+    def _write_dir_error(self, name: str, rel: str, e: OSError) -> StoreError:
+        if e.errno in _NOT_FOLLOWED:
+            problem = self._layout_problem(rel) or f"the way to {rel} is not a directory"
+            return StoreError(f"store {self.url}: cannot write {name}: {problem}")
+        return self._error("write", name, e)
+
     def _put_sync(self, name: str, data: bytes | memoryview) -> None:
-        path = self._path(name)
-        parent = os.path.dirname(path)
-        tmp = f"{parent}/.tmp-{secrets.token_hex(6)}"
+        if name != MARKER and _OBJECT_NAME.fullmatch(name) is None:
+            raise StoreError(f"store {self.url}: cannot write {name!r}: not an object name")
         view = memoryview(data).cast("B")
         direct = self.direct_io and len(view) >= DIRECT_MIN
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
+        parent = self._dir_fd(name)
+        self._writing.add(tmp)  # before it exists: remove_stale_temporaries never sees it
         try:
-            try:
-                fd = self._create(tmp, direct)
-            except FileNotFoundError:
-                # Never create the store root: if it is gone (a disk not mounted), writing
-                # into the empty mountpoint below it would fill the wrong disk.
-                if not self.root.is_dir():
-                    raise StoreError(
-                        f"store {self.url} is unavailable (directory missing)") from None
-                os.makedirs(parent, exist_ok=True)
-                fd = self._create(tmp, direct)
+            fd = self._create(parent, tmp, direct)
             try:
                 if direct and self.direct_io:  # still on: _create may have turned it off
                     self._write_direct_or_fall_back(fd, view)
@@ -232,11 +509,14 @@ class LocalStore(Store):
                     _write_all(fd, view)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            _replace(parent, tmp, name)
         except OSError as e:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=parent)
             raise self._error("write", name, e) from None
+        finally:
+            self._writing.discard(tmp)
+            os.close(parent)
 
     def _write_direct_or_fall_back(self, fd: int, view: memoryview) -> None:
         try:
@@ -252,42 +532,121 @@ class LocalStore(Store):
             os.lseek(fd, 0, os.SEEK_SET)
             _write_all(fd, view)
 
-    def _create(self, tmp: str, direct: bool) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    def _create(self, parent: int, tmp: str, direct: bool) -> int:
+        # O_EXCL never follows a symlink at tmp; O_NOFOLLOW says so again
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         if direct:
             try:
-                return os.open(tmp, flags | os.O_DIRECT, 0o600)
+                return os.open(tmp, flags | os.O_DIRECT, 0o600, dir_fd=parent)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 self.direct_io = False  # this filesystem has no O_DIRECT
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)  # some filesystems create the file before refusing
-        return os.open(tmp, flags, 0o600)
+                    os.unlink(tmp, dir_fd=parent)  # some create the file before refusing
+        return os.open(tmp, flags, 0o600, dir_fd=parent)
 
     def _delete_sync(self, name: str) -> None:
-        try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise self._error("delete", name, e) from None
+        self._delete_many_sync([name])
 
     def _delete_many_sync(self, names: list[str]) -> None:
+        """Remove what `list` would return of these names (regular files in their fan-out
+        directory); anything else under those names is left alone."""
+        by_dir: dict[str, list[str]] = {}
         for name in names:
-            self._delete_sync(name)
+            if _OBJECT_NAME.fullmatch(name) is not None:
+                by_dir.setdefault(name[:FANOUT_DIGITS], []).append(name)
+        for sub, group in by_dir.items():
+            try:
+                parent = self._open_below(f"{OBJECTS}/{sub}", _DIR_FLAGS)
+            except OSError as e:
+                if e.errno == errno.ENOENT or e.errno in _NOT_FOLLOWED:
+                    continue  # nothing `list` would return is there
+                raise self._error("delete", group[0], e) from None
+            try:
+                for name in group:
+                    _unlink_regular(parent, name)
+            except OSError as e:
+                raise self._error("delete", name, e) from None
+            finally:
+                os.close(parent)
 
     def _list_sync(self) -> list[str]:
-        names = []
         try:
-            for sub in os.scandir(self._objects):
-                if sub.is_dir(follow_symlinks=False):
-                    names.extend(e.name for e in os.scandir(sub.path) if not e.name.startswith("."))
+            objects = self._open_below(OBJECTS, _LIST_FLAGS)
         except FileNotFoundError:
-            pass
+            return []
         except OSError as e:
-            raise self._error("list", "objects", e) from None
+            if e.errno in _NOT_FOLLOWED:
+                raise StoreError(f"store {self.url}: cannot list objects: "
+                                 f"{self._layout_problem(OBJECTS) or e.strerror}") from None
+            raise self._error("list", OBJECTS, e) from None
+        names: list[str] = []
+        fullmatch = _OBJECT_NAME.fullmatch  # per entry: millions of them
+        try:
+            for sub, fd in _fanout_dirs(objects):
+                try:
+                    with os.scandir(fd) as entries:
+                        names.extend(n for e in entries
+                                      if (n := e.name).startswith(sub) and fullmatch(n)
+                                      and e.is_file(follow_symlinks=False))
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise self._error("list", OBJECTS, e) from None
+        finally:
+            os.close(objects)
         return names
+
+    def _remove_stale_sync(self, older_than: float) -> int:
+        """Remove `.tmp-*` regular files in the root and the fan-out directories that no
+        put of this process is writing and that were last written over `older_than`
+        seconds ago; how many. Only dot-names are looked at (no stat per object)."""
+        missing = self._missing_root()
+        if missing is not None:
+            raise missing
+        cutoff = time.time() - older_than
+        try:
+            removed = self._remove_stale_in("", cutoff)  # of the marker's puts
+            try:
+                objects = self._open_below(OBJECTS, _LIST_FLAGS)
+            except OSError as e:
+                if e.errno == errno.ENOENT or e.errno in _NOT_FOLLOWED:
+                    return removed  # no fan-out directory of ours
+                raise
+            try:
+                for _, fd in _fanout_dirs(objects):
+                    try:
+                        removed += self._remove_stale_at(fd, cutoff)
+                    finally:
+                        os.close(fd)
+            finally:
+                os.close(objects)
+        except OSError as e:
+            raise self._error("remove temporaries in", "store", e) from None
+        return removed
+
+    def _remove_stale_in(self, rel: str, cutoff: float) -> int:
+        fd = self._open_below(rel, _LIST_FLAGS)
+        try:
+            return self._remove_stale_at(fd, cutoff)
+        finally:
+            os.close(fd)
+
+    def _remove_stale_at(self, dirfd: int, cutoff: float) -> int:
+        removed = 0
+        with os.scandir(dirfd) as entries:
+            for e in entries:
+                if not e.name.startswith(TMP_PREFIX) or e.name in self._writing:
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                        os.unlink(e.name, dir_fd=dirfd)
+                        removed += 1
+                except FileNotFoundError:
+                    pass  # gone meanwhile
+        return removed
 
     def _sync_sync(self) -> None:
         try:
@@ -302,14 +661,23 @@ class LocalStore(Store):
             os.close(fd)
 
     def _check_sync(self, writable: bool) -> None:
+        self._resolve()  # the admin may have re-pointed a symlinked root
         if not self.root.is_dir():
             raise StoreError(f"store {self.url} is missing or not a directory")
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise StoreError(f"store {self.url} is not readable")
         if writable:
-            self._objects.mkdir(exist_ok=True)
-            if not os.access(self._objects, os.W_OK) or not os.access(self.root, os.W_OK):
-                raise StoreError(f"store {self.url} is read-only")
+            # A symlinked `objects` passes here (refusing would refuse the whole mount);
+            # puts into it fail, naming it.
+            root = self._open_below("", _DIR_FLAGS)
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(OBJECTS, dir_fd=root)
+                if not (os.access(self.root, os.W_OK) and os.access(
+                        OBJECTS, os.W_OK, dir_fd=root, follow_symlinks=False)):
+                    raise StoreError(f"store {self.url} is read-only")
+            finally:
+                os.close(root)
 
     # -- the async contract ------------------------------------------------------------
     async def get(self, name: str) -> bytes:
@@ -336,6 +704,12 @@ class LocalStore(Store):
 
     async def list(self) -> list[str]:
         return await self._run(self._list_sync)
+
+    async def remove_stale_temporaries(self, older_than: float) -> int:
+        removed = await self._run(self._remove_stale_sync, older_than)
+        if removed:
+            self._dirty = True
+        return removed
 
     async def sync(self) -> None:
         if self._dirty:
