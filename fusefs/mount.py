@@ -137,6 +137,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     fs = FileSystem(meta, volume, read_only=opts.read_only)
     if not opts.read_only:
         await volume.recover_lost_writes()  # a power loss: before garbage is collected
+        await volume.watch.remove_stale_temporaries()  # a kill -9 during a share write
         await fs.collect_unlinked()  # inodes left unlinked-but-open by a crash
     options = mount_options(str(vd.path), read_only=opts.read_only,
                             allow_other=opts.allow_other)

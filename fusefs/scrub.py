@@ -28,6 +28,8 @@ from fusefs.stores.base import MARKER
 log = logging.getLogger(__name__)
 
 _BATCH = 64
+TEMPORARY_AGE = 60.0  # seconds: a temporary older than this is not a write of another
+#                       process in progress (the store's own puts are always recognised)
 
 
 @dataclass
@@ -119,6 +121,11 @@ class Scrubber:
                                       writable=self.repair, claim=self.repair)
             self.watch.apply(si, state)
             rep = self.report.stores[si]
+            if self.repair and state.writable and self.health.may_delete(si):
+                try:
+                    await store.remove_stale_temporaries(older_than=TEMPORARY_AGE)
+                except StoreError as e:
+                    log.warning("cannot remove stale temporaries from %s: %s", store.url, e)
             if state.kind == UNREACHABLE:
                 rep.state = f"unavailable: {state.detail}"
             elif state.kind not in (OK, CLAIMED):

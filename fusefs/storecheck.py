@@ -233,6 +233,22 @@ class StoreWatch:
                                 claim=self.writable, indexes=indexes, timeout=timeout)
         return [si for si, state in zip(indexes, found, strict=True) if self.apply(si, state)]
 
+    async def remove_stale_temporaries(self) -> int:
+        """Remove temporaries a killed writer left in the stores this volume may write
+        (a mount and an offline repair hold the volume's lock, so no other fusefs process
+        writes into them: any temporary not of this process is stale). Returns how many."""
+        removed = 0
+        for si, store in enumerate(self.lay.stores):
+            if not self.health.may_delete(si) or not self.states[si].writable:
+                continue
+            try:
+                removed += await store.remove_stale_temporaries(older_than=0.0)
+            except StoreError as e:
+                log.warning("cannot remove stale temporaries from %s: %s", store.url, e)
+        if removed:
+            log.info("removed %d temporaries left by an interrupted write", removed)
+        return removed
+
     async def probe(self, stores: set[int]) -> None:
         """A write lacks stores: recheck these now (not waiting for the next pass), at most
         once per PROBE_INTERVAL, so one that came back is written to at once."""

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 FORMATS = (2, 3)
-SCHEMA_VERSIONS = ("1",)
+SCHEMA_VERSIONS = ("1", "2")  # 2 added to garbage and the unreadable table: not read here
 TAG = 16
 
 

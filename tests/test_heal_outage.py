@@ -391,3 +391,33 @@ def test_files_at_risk_are_the_ones_still_unrecoverable(volume, mounter: Mounter
     assert st["events"]["by_action"]["unrecoverable"] >= 3  # the record itself stays
     assert (mnt / "rewrite.bin").read_bytes() == rand_bytes(CHUNK, "rw2")
     mounter.umount(mnt)
+
+
+def test_files_are_no_longer_at_risk_once_the_stores_come_back(volume, mounter: Mounter,
+                                                               tmp_path: Path):
+    """Three of five stores go away: reads fail (EIO, "unrecoverable"). They come back by
+    themselves (nothing is healed: the shares were never damaged); once scrub reports the
+    volume healthy, status lists no file at risk. The events stay as history."""
+    vol = volume(chunk_size="64K")
+    files = {f"f{i}.bin": rand_bytes(CHUNK + 1000 * i, f"back{i}") for i in range(4)}
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    write_files(mnt, files)
+    mounter.umount(mnt)
+    mnt = mounter.mount(vol, tmp_path / "mnt")  # nothing cached
+    gone = []
+    for i in (0, 1, 2):
+        away = vol.stores[i].with_name(vol.stores[i].name + "-away")
+        os.rename(vol.stores[i], away)
+        gone.append((away, vol.stores[i]))
+    for rel, data in files.items():
+        assert read_checked(mnt / rel, data) == "eio", rel
+    assert set(status_json(mnt)["files_at_risk"]) == {f"/{rel}" for rel in files}
+    for away, path in gone:
+        os.rename(away, path)
+    res, report = scrub_json(mnt)
+    assert res.returncode == 0 and report["healthy"], res.describe()
+    st = status_json(mnt)
+    assert st["files_at_risk"] == [], st
+    assert st["events"]["by_action"]["unrecoverable"] >= len(files)
+    assert_reads_uncached(mnt, files)
+    mounter.umount(mnt)
