@@ -19,6 +19,7 @@ from fusefs.errors import ConfigError, StoreError, warn
 from fusefs.health import STORE_RETRY_SECONDS
 from fusefs.meta.repo import MetaRepo
 from fusefs.mounts import find_by_volume
+from fusefs.snapshots.index import snapshot_objects
 from fusefs.storecheck import marker_bytes, marker_volume, owned_names
 from fusefs.stores import Store, open_store
 from fusefs.volumedir import VolumeDir
@@ -52,8 +53,10 @@ def init_volume(args: argparse.Namespace) -> None:
     chunk = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK
     seg = parse_size(args.segment_size) if args.segment_size else min(DEFAULT_SEGMENT, chunk)
     volume_id = os.urandom(16)
+    timing = {name: value for name, value in (("snapshot_interval", args.snapshot_interval),
+                                              ("gc_grace", args.gc_grace)) if value is not None}
     cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="",
-                       segment_size=seg)
+                       segment_size=seg, **timing)
     validate(cfg)
     trio.run(_prepare_stores, stores)
 
@@ -152,7 +155,8 @@ def claim_store(volume: str, url: str, key_file: str | None) -> None:
     store = open_store(target)
     meta = MetaRepo(vd.meta, read_only=True)
     try:
-        foreign = trio.run(_claim, store, si, cfg, keys, meta)
+        also = snapshot_objects(vd.snapshot_files[0])
+        foreign = trio.run(_claim, store, si, cfg, keys, meta, also)
     finally:
         meta.close()
     print(f"claimed {target} as store {si} of volume {vd.path}")
@@ -164,8 +168,8 @@ def claim_store(volume: str, url: str, key_file: str | None) -> None:
 
 
 async def _claim(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys,
-                 meta: MetaRepo) -> int:
+                 meta: MetaRepo, also: list[tuple[bytes, bytes]]) -> int:
     await store.check(writable=True)
-    foreign = len(set(await store.list()) - owned_names(meta, keys, si))
+    foreign = len(set(await store.list()) - owned_names(meta, keys, si, also))
     await store.write_marker(marker_bytes(keys, cfg.volume_id, si))
     return foreign

@@ -62,15 +62,17 @@ class ChunkWriter:
         self._arrived: dict[bytes, set[int]] = {}  # pending shares stored before the commit
 
     async def write(self, file_id: bytes, idx: int, plain: bytes | memoryview,
-                    prev_version: int) -> tuple[ChunkRow, dict[int, str]]:
+                    prev_version: int, oid: bytes | None = None
+                    ) -> tuple[ChunkRow, dict[int, str]]:
         """Seal `plain` as a new version of chunk `idx` and store its shares.
 
         Returns the row to commit and the shares that could not be stored (at most
         n - quorum; share -> event kind). Raises StoreError when fewer than `quorum` stores
-        took a share; what was stored is deleted again and nothing is committed.
+        took a share; what was stored is deleted again and nothing is committed. The oid is
+        random unless given (metadata snapshot objects are named by their content).
         """
         lay = self.lay
-        oid = os.urandom(16)
+        oid = os.urandom(16) if oid is None else oid
         cid = chunkcodec.ChunkId(lay.volume_id, file_id, idx, prev_version + 1)
         where = placement.place(oid, lay.n, len(lay.stores))
         refused = {si for si in where if self.health.write_refusal(si) is not None}
@@ -100,6 +102,12 @@ class ChunkWriter:
                    for i, e in sorted(put.failed.items())}
         missing.update({i: STORE_SLOW for i in put.pending})
         return ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests)), missing
+
+    def forget(self, oid: bytes) -> None:
+        """An oid written without a chunk row to commit (a snapshot object) is recorded
+        elsewhere now: scrub no longer needs to know it is being written."""
+        self.writing.discard(oid)
+        self._arrived.pop(oid, None)
 
     def _late(self, oid: bytes, share: int, error: StoreError | None) -> None:
         """A hedged put finished in the background. Stored: its repair is not needed (or

@@ -1,4 +1,4 @@
-"""The `fusefs` command: init, mount, umount, scrub, status, store claim.
+"""The `fusefs` command: init, mount, umount, scrub, status, snapshot, recover, store claim.
 
 Exit status: 0 success; 1 failure with a one-line message on stderr; 2 usage error.
 Only `FusefsError` messages are shown to the user; anything else is a bug and is reported as
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-size", metavar="SIZE", default="4M", help="chunk size (default 4M)")
     s.add_argument("--segment-size", metavar="SIZE",
                    help="encryption unit inside a chunk (default 64K): the least a read fetches")
+    s.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
+                   help="publish the metadata to the stores this often while it changes "
+                        "(default 60; 0: only at unmount and on demand)")
+    s.add_argument("--gc-grace", type=float, metavar="SECONDS",
+                   help="keep replaced data this long after a snapshot without it is "
+                        "published, for followers (default: 3 snapshot intervals)")
     s.add_argument("--key-file", metavar="PATH",
                    help="key file: created (mode 0600) if missing, else used "
                         "(default: VOLUME/fusefs.key)")
@@ -51,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--foreground", action="store_true", help="do not daemonize; log to stderr")
     s.add_argument("--read-only", action="store_true")
     s.add_argument("--allow-other", action="store_true", help="let other users access it")
+    s.add_argument("--follow", action="store_true",
+                   help="a follower (read-only): switch to each new snapshot of the writer")
+    s.add_argument("--accept-older-snapshot", action="store_true",
+                   help="a follower: accept a snapshot older than one this host has seen")
     s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     s = sub.add_parser("umount", help="flush, unmount and wait for the daemon to exit")
@@ -70,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--key-file", metavar="PATH",
                    help="key, to verify the stores' markers (default: VOLUME/fusefs.key if "
                         "there)")
+
+    s = sub.add_parser("snapshot", help="publish a metadata snapshot to the stores now")
+    s.add_argument("target", metavar="VOLUME|MOUNTPOINT")
+    s.add_argument("--key-file", metavar="PATH", help="key (unmounted volumes only)")
+
+    s = sub.add_parser("recover", help="rebuild a volume directory from its stores and key")
+    s.add_argument("volume", metavar="VOLUME", help="new volume directory (absent or empty)")
+    s.add_argument("--store", action="append", required=True, metavar="URL",
+                   help="a store of the volume (repeat; up to M may be missing or down)")
+    s.add_argument("--key-file", required=True, metavar="PATH")
+    s.add_argument("--follower", action="store_true",
+                   help="a read-only follower of the writer, not a new writer")
 
     s = sub.add_parser("store", help="act on one store of a volume")
     verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -102,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
             from fusefs.status import status
 
             return status(args.target, as_json=args.json, key_file=args.key_file)
+        if args.command == "snapshot":
+            from fusefs.snapshotcmd import snapshot
+
+            snapshot(args.target, args.key_file)
+            return 0
+        if args.command == "recover":
+            from fusefs.recovercmd import recover
+
+            recover(args.volume, args.store, args.key_file, args.follower)
+            return 0
         if args.command == "store":
             from fusefs.admin import claim_store
 
@@ -125,7 +157,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from fusefs.volumedir import VolumeDir
 
     vd = VolumeDir(args.volume)
-    opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other)
+    opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other,
+                        follow=args.follow, accept_older=args.accept_older_snapshot)
     if not args.foreground:
         for line in preflight(vd, args.key_file, args.mountpoint, opts):
             print(f"fusefs: warning: {line}", file=sys.stderr)
@@ -167,6 +200,10 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
         cmd.append("--read-only")
     if args.allow_other:
         cmd.append("--allow-other")
+    if args.follow:
+        cmd.append("--follow")
+    if args.accept_older_snapshot:
+        cmd.append("--accept-older-snapshot")
     with os.fdopen(create_private(vd.log), "ab") as logf:
         proc = subprocess.Popen(cmd, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, cwd="/")

@@ -19,6 +19,7 @@ MAX_CHUNK = 64 << 20
 DEFAULT_CHUNK = 4 << 20  # 4 MiB: a quarter of the share objects (and opens, S3 requests) of
 #                          1 MiB; seq. cold read +30%, degraded +20% (measured); random reads
 #                          fetch only their segments, so they do not pay for bigger chunks
+DEFAULT_SNAPSHOT_INTERVAL = 60.0  # seconds: the most a host loss costs of metadata changes
 MIN_SEGMENT = 4 << 10
 DEFAULT_SEGMENT = 64 << 10  # AEAD unit inside a chunk: a random 128 KiB read fetches and
 #                             authenticates 2-3 segments, not the whole chunk
@@ -35,6 +36,22 @@ class VolumeConfig:
     format: int = FORMAT
     write_quorum: int = 0  # stores that must take a share for a write to succeed; 0: k + 1
     segment_size: int = DEFAULT_SEGMENT  # bytes of plaintext per AEAD segment
+    snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL  # seconds between metadata
+    #                                  snapshots published to the stores while changes come
+    #                                  in; 0: only at unmount and on demand
+    gc_grace: float = -1.0  # seconds shares replaced or deleted stay in the stores after a
+    #                         snapshot without them is published (followers may still read
+    #                         them); negative: 3 snapshot intervals
+    role: str = "writer"  # this volume directory's role: "writer", or "follower" (mounted
+    #                       read-only from the writer's snapshots; never writes the stores)
+
+    @property
+    def grace(self) -> float:
+        """Effective gc grace: a follower polls every interval, so three intervals after a
+        snapshot without some data is published no follower still reads it."""
+        if self.gc_grace >= 0:
+            return self.gc_grace
+        return 3 * self.snapshot_interval
 
     @property
     def n_shares(self) -> int:
@@ -68,6 +85,10 @@ def validate(cfg: VolumeConfig) -> None:
     if not MIN_SEGMENT <= cfg.segment_size <= cfg.chunk_size:
         raise ConfigError(f"segment size must be between {MIN_SEGMENT} bytes and the chunk "
                           f"size ({cfg.chunk_size})")
+    if cfg.snapshot_interval < 0:
+        raise ConfigError("snapshot_interval must not be negative (0: no periodic snapshots)")
+    if cfg.role not in ("writer", "follower"):
+        raise ConfigError(f"role must be writer or follower, not {cfg.role!r}")
     try:
         if len(bytes.fromhex(cfg.volume_id)) != 16:
             raise ValueError

@@ -10,7 +10,8 @@ anyway) may talk to it, enforced three times over:
   - every connection's peer is checked (SO_PEERCRED: the uid the kernel recorded at
     connect): a stranger gets one error line and is logged, in case the directory was
     opened up by hand or the socket reached through a descriptor passed on.
-Protocol: the client sends one JSON object per line ({"op": "scrub", "repair": true,
+Protocol: the client sends one JSON object per line ({"op": "snapshot"}, or
+{"op": "scrub", "repair": true,
 "rate": null}); the daemon answers with JSON lines: any number of {"progress": [done,
 total, bytes]}, then one {"result": {...}} or {"error": "message"}. The socket is bound
 through /proc/self/fd so a long volume path cannot exceed the 108-byte limit of socket
@@ -78,9 +79,12 @@ class ControlServer:
                     return
                 try:
                     request = json.loads(await _read_line(stream))
-                    if request.get("op") != "scrub":
+                    if request.get("op") == "scrub":
+                        await self._scrub(stream, request)
+                    elif request.get("op") == "snapshot":
+                        await self._snapshot(stream)
+                    else:
                         raise FusefsError(f"unknown request {request.get('op')!r}")
-                    await self._scrub(stream, request)
                 except (FusefsError, ValueError) as e:
                     await _send(stream, {"error": str(e)})
                 except Exception as e:
@@ -92,6 +96,15 @@ class ControlServer:
         except Exception as e:
             if not _client_gone(e):
                 log.exception("control connection failed")
+
+    async def _snapshot(self, stream: trio.SocketStream) -> None:
+        publisher = self.volume.publisher
+        if publisher is None:
+            raise FusefsError("this mount does not publish snapshots (read-only or a "
+                              "follower)")
+        await self.volume.make_durable()
+        seq = await publisher.publish(force=True)
+        await _send(stream, {"result": {"seq": seq, "uploaded": publisher.uploaded_bytes}})
 
     async def _scrub(self, stream: trio.SocketStream, request: dict) -> None:
         if self._scrub_lock.locked():

@@ -11,7 +11,8 @@ file returns once the new data is durable, not after a thousand unlinks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
@@ -69,6 +70,18 @@ class Durability:
         self._durable_changes = -1  # meta.total_changes at the last durable point
         self._collection: trio.Event | None = None  # set when the background pass ends
         self._watermark = meta.durable_garbage_id()
+        # With metadata snapshots, shares are deleted only `grace` seconds after a snapshot
+        # without them was published (followers may still read them), and only while
+        # `may_delete` says this host is still the writer. None / no gate: no such limits.
+        self.grace: float | None = None
+        self.may_delete: Callable[[], Awaitable[bool]] | None = None
+        self.deletes = True  # False: a host that must not delete anything (read-only)
+        self._waiting = False  # garbage is waiting for its grace period to pass
+
+    def _deletable(self) -> list[tuple[int, bytes, bytes]]:
+        if self.grace is None:
+            return self.meta.garbage()
+        return self.meta.garbage(published_before_ns=time.time_ns() - int(self.grace * 1e9))
 
     async def make_durable(self, *, wait_for_garbage: bool = False) -> None:
         """Make every completed write durable, then delete the shares it replaced.
@@ -80,8 +93,10 @@ class Durability:
             await self._collection.wait()
         changes = self.meta.total_changes()
         if changes == self._durable_changes:
+            if self._waiting and self._collection is None:
+                await self._delete(self._deletable(), wait_for_garbage)
             return  # nothing committed since the last durable point
-        garbage = self.meta.garbage()
+        garbage = self._deletable()
         mark = self.meta.max_garbage_id()
         await self._sync_stores()
         wal_size = await trio.to_thread.run_sync(self.meta.fsync_wal)
@@ -91,7 +106,17 @@ class Durability:
         self._durable_changes = changes
         if mark > self._watermark:
             self._mark_durable(mark, changes)
-        if not garbage:
+        await self._delete(garbage, wait_for_garbage)
+
+    async def _delete(self, garbage: list[tuple[int, bytes, bytes]],
+                      wait_for_garbage: bool) -> None:
+        """Delete durable-replaced shares (in the background when mounted)."""
+        self._waiting = self.grace is not None and self.meta.max_garbage_id() > 0 and (
+            len(garbage) < len(self.meta.garbage(limit=len(garbage) + 1)))
+        if not garbage or not self.deletes:
+            return
+        if self.may_delete is not None and not await self.may_delete():
+            self._waiting = False  # another writer took over: never again
             return
         if self.nursery is None or wait_for_garbage:
             await self._collect(garbage)

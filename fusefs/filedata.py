@@ -17,7 +17,7 @@ from collections import OrderedDict
 import trio
 
 from fusefs.errors import ChunkUnrecoverable, FsError, StoreError, StoreFull
-from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.meta.repo import ChunkRow, InodeRow, MetaRepo
 from fusefs.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,19 @@ class FileData:
         self._next_off = 0  # where a sequential reader reads next (a read from the start
         #                     counts as sequential: whole chunks and readahead at once)
         self._near = True  # the last read started where the one before it ended
+        # A follower pins the chunk map at open: a newer snapshot that drops or rewrites the
+        # file must not change what an open file reads (its shares outlive it for a while).
+        self.pinned: dict[int, ChunkRow] | None = None
+        self.pinned_inode: InodeRow | None = None
+
+    def pin(self, inode: InodeRow) -> None:
+        self.pinned = {row.idx: row for row in self.meta.chunks_of(self.ino)}
+        self.pinned_inode = inode
+
+    def _row(self, idx: int) -> ChunkRow | None:
+        if self.pinned is not None:
+            return self.pinned.get(idx)
+        return self.meta.get_chunk(self.ino, idx)
 
     # -- reading -------------------------------------------------------------------------
     async def load(self, row: ChunkRow) -> bytes:
@@ -148,7 +161,7 @@ class FileData:
         for idx in range(start, end):
             if idx in self.dirty or idx in self.inflight:
                 continue
-            row = self.meta.get_chunk(self.ino, idx)
+            row = self._row(idx)
             if row is None or (self.ino, idx, row.oid) in self.cache.loading:
                 continue
             if self.cache.get((self.ino, idx, row.oid)) is not None:
@@ -173,7 +186,7 @@ class FileData:
             buffered = self.inflight[idx][1]
         if buffered is not None:
             return _zero_fill(buffered[a:b], b - a)  # copied: it may still change
-        row = self.meta.get_chunk(self.ino, idx)
+        row = self._row(idx)
         if row is None or a >= row.length:
             return bytes(b - a)
         key = (self.ino, idx, row.oid)

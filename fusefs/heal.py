@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -39,8 +40,9 @@ _DRAIN = b"drain"  # stands in `_healing` for the pass over what overflowed into
 
 class Healer:
     def __init__(self, lay: Layout, health: StoreHealth, reader: ChunkReader, meta: MetaRepo,
-                 events: EventLog) -> None:
+                 events: EventLog, *, writes: bool = True) -> None:
         self.lay = lay
+        self.writes = writes  # False: report damage, change nothing (a read-only mount)
         self.health = health
         self.reader = reader
         self.meta = meta
@@ -54,6 +56,12 @@ class Healer:
     async def heal_later(self, ino: int, row: ChunkRow, good: dict[int, bytes],
                          bad: dict[int, str], known: Known | None = None) -> None:
         """Heal in the background (never blocking the reader) or, with no nursery, now."""
+        if not self.writes:
+            for i, why in sorted(bad.items()):
+                self.events.record(why, action="reported", store=self.lay.url_of(row, i),
+                                   obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
+                                   version=row.oid)
+            return
         if row.oid in self._healing:
             return
         if self.nursery is not None and len(self._healing) >= MAX_BACKGROUND_HEALS:
@@ -106,13 +114,16 @@ class Healer:
         await self._idle.wait()
 
     async def heal(self, ino: int, row: ChunkRow, good: dict[int, bytes],
-                   bad: dict[int, str], known: Known | None = None) -> dict[int, str]:
+                   bad: dict[int, str], known: Known | None = None,
+                   still_needed: Callable[[], bool] | None = None) -> dict[int, str]:
         """Rewrite bad shares from k good ones (or from the ciphertext a read just
-        authenticated); return share -> action taken."""
+        authenticated); return share -> action taken. `still_needed` says whether the
+        object is still wanted (default: it is still the chunk's current version)."""
         fresh = await run_cpu(row.length, self._rebuild, row, good, sorted(bad), known)
         actions = {}
         for i, why in sorted(bad.items()):
-            actions[i] = action = await self._rewrite(ino, row, i, why, fresh[i])
+            actions[i] = action = await self._rewrite(ino, row, i, why, fresh[i],
+                                                      still_needed)
             self.events.record(why, action=action, store=self.lay.url_of(row, i),
                                obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
                                version=row.oid)
@@ -139,7 +150,8 @@ class Healer:
         return erasure.regenerate_padded(padded, k, m, wanted)
 
     async def _rewrite(self, ino: int, row: ChunkRow, i: int, why: str,
-                       share: erasure.Buffer) -> str:
+                       share: erasure.Buffer,
+                       still_needed: Callable[[], bool] | None = None) -> str:
         si = row.placement[i]
         if digest(share) != row.share_digest(i):
             if why != AUTH:
@@ -149,7 +161,8 @@ class Healer:
             # The recorded checksum matched forged bytes; the rebuilt share is proven by
             # authentication, so its checksum becomes the record.
             self.meta.set_share_digest(ino, row.idx, row.oid, i, digest(share))
-        if self.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
+        if not (still_needed() if still_needed is not None
+                else self.meta.chunk_by_oid(ino, row.idx, row.oid) is not None):
             return "obsolete"  # the chunk was rewritten meanwhile: nothing to heal
         if self.health.write_refusal(si) is not None:  # down, full, or not to be written
             self.meta.queue_repair(row.oid, i, ino, row.idx, why, time.time_ns())
@@ -165,8 +178,9 @@ class Healer:
         self.meta.repair_done(row.oid, i)
         return "healed"
 
-    async def verify(self, ino: int, file_id: bytes, row: ChunkRow,
-                     repair: bool) -> tuple[dict[int, str], dict[int, str]]:
+    async def verify(self, ino: int, file_id: bytes, row: ChunkRow, repair: bool,
+                     still_needed: Callable[[], bool] | None = None
+                     ) -> tuple[dict[int, str], dict[int, str]]:
         """Check every share of a chunk (scrub). Returns (bad share -> problem,
         share -> action). Raises ChunkUnrecoverable when fewer than k shares are good."""
         got = await self.reader.read(ino, file_id, row, every_share=True)
@@ -178,7 +192,7 @@ class Healer:
                 self.events.record(why, action="reported", inode=ino, chunk=row.idx,
                                    store=self.lay.url_of(row, i), obj=self.lay.name(row.oid, i))
             return bad, {}
-        return bad, await self.heal(ino, row, got.good, bad, got.padded)
+        return bad, await self.heal(ino, row, got.good, bad, got.padded, still_needed)
 
     async def process_queue(self) -> tuple[int, int]:
         """Retry queued repairs. Returns (repaired, still queued)."""
@@ -206,7 +220,7 @@ class Healer:
 
     async def run_worker(self) -> None:
         """Daemon task: retry the repair queue every REPAIR_INTERVAL seconds."""
-        while True:
+        while self.writes:
             await trio.sleep(REPAIR_INTERVAL)
             if not self.meta.repair_count():
                 continue

@@ -6,6 +6,7 @@ and reported as a `FusefsError` with a one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ from fusefs.errors import ConfigError, FusefsError
 from fusefs.events import EventLog
 from fusefs.meta.repo import MetaRepo
 from fusefs.mounts import mounted_at
+from fusefs.snapshots.follower import Follower
+from fusefs.snapshots.index import snapshot_objects
 from fusefs.storecheck import check_all, require_readable, warning
 from fusefs.stores import open_store
 from fusefs.vfs import FileSystem
@@ -36,6 +39,17 @@ log = logging.getLogger(__name__)
 class MountOptions:
     read_only: bool = False
     allow_other: bool = False
+    follow: bool = False  # a follower: switch to each newly published snapshot
+    accept_older: bool = False  # a follower: accept a snapshot older than one seen before
+
+
+def check_role(cfg: VolumeConfig, opts: MountOptions) -> None:
+    if cfg.role == "follower" and not opts.read_only:
+        raise ConfigError("this volume directory follows another host's writes: mount it "
+                          "--read-only (with --follow to see new snapshots)")
+    if opts.follow and cfg.role != "follower":
+        raise ConfigError("--follow is for a follower's volume directory (made with "
+                          "`fusefs recover ... --follower`)")
 
 
 READAHEAD_KIB = 4096  # kernel readahead for the mount: 1 MiB read requests, 4 in flight
@@ -76,13 +90,15 @@ def preflight(vd: VolumeDir, key_file: str | None, mountpoint: str,
     nothing; returns a warning line for each store that is not fully usable (the daemon
     checks again and acts). StoreError when fewer than K stores can be read."""
     cfg, keys = vd.unlock(key_file)
+    check_role(cfg, opts)
     check_mountpoint(mountpoint)
     os.close(vd.lock())
     stores = [open_store(u) for u in cfg.stores]
     meta = MetaRepo(vd.meta, read_only=True)
     try:
         states = trio.run(partial(check_all, stores, cfg, keys, meta,
-                                  writable=not opts.read_only, claim=False))
+                                  writable=not opts.read_only, claim=False,
+                                  also=snapshot_objects(vd.snapshot_files[0])))
     finally:
         meta.close()
     require_readable(stores, states, cfg.data_shares)
@@ -96,6 +112,7 @@ def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptio
     """Mount and serve until unmounted. `ready(None)` once live, `ready(msg)` on failure."""
     try:
         cfg, keys = vd.unlock(key_file)
+        check_role(cfg, opts)
         mp = check_mountpoint(mountpoint)
         lock_fd = vd.lock()
     except FusefsError as e:
@@ -113,39 +130,20 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
                  opts: MountOptions, ready: Callable[[str | None], None]) -> None:
     import pyfuse3
 
-    from fusefs.control import ControlServer
     from fusefs.fuse_ops import FuseOps, mount_options
 
-    stores = [open_store(u) for u in cfg.stores]
     try:
         meta = MetaRepo(vd.meta)
     except FusefsError as e:
         ready(str(e))
         raise
-    events = EventLog(vd.events)
-    volume = Volume(cfg, keys, stores, meta, events, writable=not opts.read_only)
     try:
-        await volume.check_stores()
-    except FusefsError as e:
+        volume, fs, follower = await _open(vd, cfg, keys, meta, opts)
+        pyfuse3.init(FuseOps(fs), str(mp), mount_options(
+            str(vd.path), read_only=opts.read_only, allow_other=opts.allow_other))
+    except (FusefsError, RuntimeError) as e:
         meta.close()
-        ready(str(e))
-        raise
-    for store, state in zip(stores, volume.watch.states, strict=True):
-        line = warning(store.url, state, writable=not opts.read_only, volume=str(vd.path))
-        if line:
-            log.warning("%s", line)
-    fs = FileSystem(meta, volume, read_only=opts.read_only)
-    if not opts.read_only:
-        await volume.recover_lost_writes()  # a power loss: before garbage is collected
-        await volume.watch.remove_stale_temporaries()  # a kill -9 during a share write
-        await fs.collect_unlinked()  # inodes left unlinked-but-open by a crash
-    options = mount_options(str(vd.path), read_only=opts.read_only,
-                            allow_other=opts.allow_other)
-    try:
-        pyfuse3.init(FuseOps(fs), str(mp), options)
-    except RuntimeError as e:
-        meta.close()
-        msg = f"cannot mount on {mp}: {e}"
+        msg = str(e) if isinstance(e, FusefsError) else f"cannot mount on {mp}: {e}"
         ready(msg)
         raise FusefsError(msg) from None
     log.info("mounted volume %s on %s", vd.path, mp)
@@ -154,6 +152,51 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     else:
         log.warning("erasure coding: zfec (libisal, Debian/Ubuntu package libisal2, computes "
                     "the same shares ~15x faster)")
+    try:
+        await _run(vd, mp, volume, fs, follower, opts, ready)
+    finally:
+        meta.close()
+        log.info("unmounted %s", mp)
+
+
+async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRepo,
+                opts: MountOptions) -> tuple[Volume, FileSystem, Follower | None]:
+    """The volume behind a mount, checked and, after a crash, put in order."""
+    stores = [open_store(u) for u in cfg.stores]
+    events = EventLog(vd.events)
+    volume = Volume(cfg, keys, stores, meta, events, writable=not opts.read_only,
+                    state_dir=vd.path)
+    await volume.check_stores()
+    for store, state in zip(stores, volume.watch.states, strict=True):
+        line = warning(store.url, state, writable=not opts.read_only, volume=str(vd.path))
+        if line:
+            log.warning("%s", line)
+    follower = None
+    if cfg.role == "follower":
+        follower = Follower(volume.layout, volume.reader, meta, events, vd.seen,
+                            accept_older=opts.accept_older)
+        if opts.follow:
+            await follower.refresh()  # the newest snapshot before serving
+    fs = FileSystem(meta, volume, read_only=opts.read_only, pin=follower is not None)
+    if volume.publisher is not None:
+        await volume.publisher.check_at_mount()
+        volume.publisher.open_for_writing = fs.writing_inodes
+    if not opts.read_only:
+        await volume.recover_lost_writes()  # a power loss: before garbage is collected
+        await volume.watch.remove_stale_temporaries()  # a kill -9 during a share write
+        await fs.collect_unlinked()  # inodes left unlinked-but-open by a crash
+    return volume, fs, follower
+
+
+async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: FileSystem,
+               follower: Follower | None, opts: MountOptions,
+               ready: Callable[[str | None], None]) -> None:
+    """Serve until unmounted, with the daemon's background tasks; leave everything durable
+    (and published) on the way out."""
+    import pyfuse3
+
+    from fusefs.control import ControlServer
+
     unmount = True
     signalled: list[int] = []
     try:
@@ -164,13 +207,18 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
             nursery.start_soon(volume.healer.run_worker)
             nursery.start_soon(volume.run_durability)
             nursery.start_soon(volume.run_store_watch)
+            if volume.publisher is not None:
+                nursery.start_soon(volume.publisher.run)
+            if follower is not None and opts.follow:
+                follower.on_switch = partial(_switched, fs)
+                nursery.start_soon(follower.run)
             await nursery.start(ControlServer(vd.path, volume).serve)
             nursery.start_soon(_stop_on_signal, signalled)
             nursery.start_soon(_announce_when_serving, mp, ready)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u) or on a signal
             unmount = bool(signalled)
-            await fs.shutdown()
+            await _finish(fs, volume)
             nursery.cancel_scope.cancel()
     finally:
         fs.flusher.nursery = None
@@ -178,10 +226,40 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         volume.nursery = None
         if unmount:
             with trio.CancelScope(shield=True):
-                await fs.shutdown()
+                await _finish(fs, volume)
         pyfuse3.close(unmount=unmount)
-        meta.close()
-        log.info("unmounted %s", mp)
+        if volume.publisher is not None:
+            volume.publisher.close()
+
+
+async def _finish(fs: FileSystem, volume: Volume) -> None:
+    """Flush, make durable, and publish the final metadata snapshot."""
+    await fs.shutdown()
+    if volume.publisher is not None and not volume.fenced:
+        try:
+            await volume.publisher.publish()
+        except Exception as e:  # noqa: BLE001 - the data is durable: unmount goes on
+            log.error("the final metadata snapshot was not published: %s", e)
+
+
+async def _switched(fs: FileSystem, previous: Path) -> None:
+    """A follower moved to a newer snapshot: drop what the kernel and the daemon cached of
+    what changed."""
+    import pyfuse3
+
+    inodes, entries = fs.meta.changed_since(previous)
+    fs.switched()
+
+    def invalidate() -> None:
+        for parent, name in entries:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_entry(parent, name)
+        for ino in inodes:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(ino)
+
+    await trio.to_thread.run_sync(invalidate)
+    log.info("new snapshot: %d inodes and %d names invalidated", len(inodes), len(entries))
 
 
 async def _announce_when_serving(mp: Path, ready: Callable[[str | None], None]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -22,12 +22,14 @@ from fusefs.heal import Healer
 from fusefs.health import StoreHealth
 from fusefs.layout import Layout
 from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.snapshots.objects import META_FILE_ID, Ref
 from fusefs.storecheck import CLAIMED, OK, UNREACHABLE, StoreWatch, check_store
-from fusefs.stores.base import MARKER
+from fusefs.stores.base import FIXED_NAMES
 
 log = logging.getLogger(__name__)
 
 _BATCH = 64
+SNAPSHOTS = "<metadata snapshots>"  # how the report names damage to snapshot objects
 TEMPORARY_AGE = 60.0  # seconds: a temporary older than this is not a write of another
 #                       process in progress (the store's own puts are always recognised)
 
@@ -56,6 +58,7 @@ class ScrubReport:
     damaged_files: dict[str, list[str]] = field(default_factory=dict)  # path -> problems
     unrecoverable_files: list[str] = field(default_factory=list)
     queued_repairs: int = 0
+    snapshot_objects: int = 0  # metadata snapshot objects verified (all their shares)
 
     @property
     def healthy(self) -> bool:
@@ -70,7 +73,8 @@ class ScrubReport:
                 "stores": [vars(s) for s in self.stores],
                 "damaged_files": self.damaged_files,
                 "unrecoverable_files": self.unrecoverable_files,
-                "queued_repairs": self.queued_repairs}
+                "queued_repairs": self.queued_repairs,
+                "snapshot_objects": self.snapshot_objects}
 
 
 def _unfixed(s: StoreReport) -> int:
@@ -87,7 +91,10 @@ Progress = Callable[[int, int, int], None]  # (chunks done, chunks total, bytes 
 class Scrubber:
     def __init__(self, lay: Layout, health: StoreHealth, watch: StoreWatch, meta: MetaRepo,
                  events: EventLog, healer: Healer, writing: set[bytes], *, repair: bool,
-                 rate: float | None = None, progress: Progress | None = None) -> None:
+                 rate: float | None = None, progress: Progress | None = None,
+                 orphans: bool = True,
+                 also_referenced: Callable[[], Iterable[tuple[bytes, bytes]]] = list,
+                 snapshots: Callable[[], list[tuple[int, int, Ref]]] = list) -> None:
         self.lay = lay
         self.health = health
         self.watch = watch
@@ -99,15 +106,21 @@ class Scrubber:
         self.rate = rate  # bytes per second read from the stores; None: unlimited
         self.progress = progress or (lambda done, total, nbytes: None)
         self.report = ScrubReport(stores=[StoreReport(s.url) for s in lay.stores])
+        # A host that is not the volume's writer (a follower, a read-only mount) cannot
+        # know every object the writer keeps (its snapshots): it does not look for orphans.
+        self.orphans = orphans
+        self.also_referenced = also_referenced  # (oid, placement) of snapshot objects
+        self.snapshots = snapshots  # (kind, version, ref) of the snapshot objects to verify
 
     async def run(self) -> ScrubReport:
         start = time.monotonic()
         await self._check_stores()
         referenced = self._referenced()
-        listings = await self._list_objects()
+        listings = await self._list_objects() if self.orphans else []
         if self.repair:
             await self.healer.process_queue()
         await self._verify_chunks(start)
+        await self._verify_snapshots(start)
         await self._orphans(listings, referenced)
         self.report.queued_repairs = self.meta.repair_count()
         self.report.seconds = time.monotonic() - start
@@ -118,6 +131,7 @@ class Scrubber:
         repairing); the mounted volume acts on what is found (`StoreWatch.apply`)."""
         for si, store in enumerate(self.lay.stores):
             state = await check_store(store, si, self.lay.config, self.lay.keys, self.meta,
+                                      also=list(self.also_referenced()),
                                       writable=self.repair, claim=self.repair)
             self.watch.apply(si, state)
             rep = self.report.stores[si]
@@ -161,13 +175,29 @@ class Scrubber:
                 self.progress(done, max(total, done), self.report.bytes_read)
                 await self._throttle(start)
 
+    async def _verify_snapshots(self, start: float) -> None:
+        """The metadata snapshots in the stores are verified and healed like file data:
+        a new host can only recover the volume from them. (Their shares are counted in
+        `snapshot_objects`, not in the stores' `shares_checked`, which are the files'.)"""
+        objects = self.snapshots()
+        names = {ref.oid for _, _, ref in objects}
+        for kind, version, ref in objects:
+            await self._verify_one(0, META_FILE_ID, ref.row(kind, version), {0: SNAPSHOTS},
+                                   lambda oid=ref.oid: oid in names, count=False)
+            self.report.snapshot_objects += 1
+            self.report.bytes_read += ref.length * self.lay.n // self.lay.k
+            await self._throttle(start)
+
     async def _verify_one(self, ino: int, file_id: bytes, row: ChunkRow,
-                          paths: dict[int, str]) -> None:
+                          paths: dict[int, str],
+                          still_needed: Callable[[], bool] | None = None,
+                          count: bool = True) -> None:
         path = paths.get(ino)
         if path is None:
             path = paths[ino] = self.events.resolve_path(ino) or f"<inode {ino}>"
         try:
-            bad, actions = await self.healer.verify(ino, file_id, row, self.repair)
+            bad, actions = await self.healer.verify(ino, file_id, row, self.repair,
+                                                    still_needed)
         except ChunkUnrecoverable as e:
             if path not in self.report.unrecoverable_files:
                 self.report.unrecoverable_files.append(path)
@@ -184,7 +214,7 @@ class Scrubber:
             if action != "healed":
                 self.report.damaged_files.setdefault(path, []).append(
                     f"chunk {row.idx} share {i} on {rep.url}: {why} ({action})")
-        for i in range(self.lay.n):
+        for i in range(self.lay.n if count else 0):
             self.report.stores[row.placement[i]].shares_checked += 1
 
     async def _throttle(self, start: float) -> None:
@@ -198,7 +228,7 @@ class Scrubber:
         """Per store, the object names some chunk version (current, garbage, being written)
         refers to right now."""
         referenced = into if into is not None else [set() for _ in self.lay.stores]
-        for oid, where in self.meta.all_versions():
+        for oid, where in [*self.meta.all_versions(), *self.also_referenced()]:
             for i, si in enumerate(where):
                 referenced[si].add(self.lay.name(oid, i))
         for oid in self.writing:
@@ -213,13 +243,15 @@ class Scrubber:
         """Objects no chunk version referred to, neither before the walk nor after it, and
         that still exist after it. Files change during a mounted scrub: an object listed as
         garbage may be collected meanwhile, and a version may be written and replaced."""
+        if not self.orphans:
+            return
         self._referenced(referenced)
         after = await self._list_objects()
         for si, names in enumerate(listings):
             if names is None or after[si] is None:
                 continue
             rep = self.report.stores[si]
-            for name in sorted((names & after[si]) - referenced[si] - {MARKER}):
+            for name in sorted((names & after[si]) - referenced[si] - FIXED_NAMES):
                 rep.orphans += 1
                 action = "reported"
                 if self.repair:

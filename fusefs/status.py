@@ -4,6 +4,7 @@ what is still at risk."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import trio
 
@@ -12,6 +13,7 @@ from fusefs.config import VolumeConfig
 from fusefs.errors import FusefsError
 from fusefs.events import read_events
 from fusefs.meta.repo import MetaRepo
+from fusefs.snapshots.index import snapshot_objects
 from fusefs.storecheck import (
     NOT_CLAIMED,
     OK,
@@ -24,13 +26,14 @@ from fusefs.stores import open_store
 from fusefs.volumedir import VolumeDir, resolve_target
 
 
-async def _store_states(cfg: VolumeConfig, keys: VolumeKeys | None,
-                        meta: MetaRepo) -> list[dict]:
+async def _store_states(cfg: VolumeConfig, keys: VolumeKeys | None, meta: MetaRepo,
+                        index: Path) -> list[dict]:
     """Each store's state now: with the key, the full identity check (the marker's MAC);
     without it, only what the marker says."""
     stores = [open_store(url) for url in cfg.stores]
     if keys is not None:
-        states = await check_all(stores, cfg, keys, meta, writable=False, claim=False)
+        states = await check_all(stores, cfg, keys, meta, writable=False, claim=False,
+                                 also=snapshot_objects(index))
     out = []
     for si, store in enumerate(stores):
         info: dict = {"url": store.url, "state": "ok", "objects": None}
@@ -81,7 +84,7 @@ def status(target: str, as_json: bool, key_file: str | None = None) -> int:
     events = read_events(vd.events)
     meta = MetaRepo(vd.meta, read_only=True)
     try:
-        store_states = trio.run(_store_states, cfg, keys, meta)
+        store_states = trio.run(_store_states, cfg, keys, meta, vd.snapshot_files[0])
         st = meta.stats()
         stored = meta.stored_bytes(cfg.data_shares, cfg.n_shares, cfg.segment_size)
         queued = meta.repair_count()

@@ -121,22 +121,26 @@ def _is_hex(s: object, n: int) -> bool:
     return isinstance(s, str) and len(s) == n and all(c in "0123456789abcdef" for c in s)
 
 
-def owned_names(meta: MetaRepo, keys: VolumeKeys, si: int) -> set[str]:
-    """Object names the metadata places on store `si` (current and garbage versions)."""
+Placed = Iterable[tuple[bytes, bytes]]  # (oid, placement) of objects kept elsewhere
+
+
+def owned_names(meta: MetaRepo, keys: VolumeKeys, si: int, also: Placed = ()) -> set[str]:
+    """Object names this volume places on store `si`: current and garbage chunk versions,
+    and `also` (its metadata snapshots)."""
     return {keys.object_name(oid, i)
-            for oid, where in meta.all_versions()
+            for oid, where in [*meta.all_versions(), *also]
             for i, s in enumerate(where) if s == si}
 
 
 async def check_store(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys,
                       meta: MetaRepo, *, writable: bool, claim: bool,
-                      timeout: float = CHECK_TIMEOUT) -> StoreState:
+                      timeout: float = CHECK_TIMEOUT, also: Placed = ()) -> StoreState:
     """Reach the store and read its marker; with `writable`, check that it takes writes; with
     `claim`, write a fresh marker into a store that is ours but lost or damaged its marker.
     Never raises for a store problem: the state says it."""
     try:
         with trio.fail_after(timeout):
-            return await _check(store, si, cfg, keys, meta, writable, claim)
+            return await _check(store, si, cfg, keys, meta, writable, claim, also)
     except trio.TooSlowError:
         return StoreState(UNREACHABLE, f"no answer within {timeout:.0f} s")
     except FusefsError as e:
@@ -144,7 +148,7 @@ async def check_store(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys
 
 
 async def _check(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRepo,
-                 writable: bool, claim: bool) -> StoreState:
+                 writable: bool, claim: bool, also: Placed) -> StoreState:
     await store.check(writable=False)
     verdict, detail = identify(await store.read_marker(), keys, cfg.volume_id, si,
                                len(cfg.stores))
@@ -152,7 +156,7 @@ async def _check(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys, met
         return StoreState(IN_DOUBT, detail)
     if verdict == "lost":
         names = set(await store.list())
-        foreign = len(names - owned_names(meta, keys, si))
+        foreign = len(names - owned_names(meta, keys, si, also))
         if foreign:
             return StoreState(IN_DOUBT, f"{detail}, and {foreign} objects this volume never "
                                         "placed there")
@@ -171,15 +175,17 @@ async def _check(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys, met
 
 async def check_all(stores: list[Store], cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRepo,
                     *, writable: bool, claim: bool, indexes: list[int] | None = None,
-                    timeout: float = CHECK_TIMEOUT) -> list[StoreState]:
+                    timeout: float = CHECK_TIMEOUT, also: Placed = ()) -> list[StoreState]:
     """Check the stores at once (an unreachable one costs CHECK_TIMEOUT, not one each).
     `indexes` are the stores' places in the volume (default: 0, 1, ...)."""
     where = list(range(len(stores))) if indexes is None else indexes
     states: list[StoreState | None] = [None] * len(stores)
+    also = list(also)
 
     async def one(j: int) -> None:
         states[j] = await check_store(stores[j], where[j], cfg, keys, meta,
-                                      writable=writable, claim=claim, timeout=timeout)
+                                      writable=writable, claim=claim, timeout=timeout,
+                                      also=also)
 
     async with trio.open_nursery() as nursery:
         for j in range(len(stores)):
@@ -222,6 +228,7 @@ class StoreWatch:
         self.writable = writable
         self.states: list[StoreState] = [StoreState(OK)] * len(lay.stores)
         self._last_probe = -PROBE_INTERVAL
+        self.also_owned: Callable[[], Placed] = list  # the writer's snapshot objects
 
     async def check(self, only: Iterable[int] | None = None,
                     timeout: float = CHECK_TIMEOUT) -> list[int]:
@@ -230,7 +237,8 @@ class StoreWatch:
         indexes = sorted(range(len(self.lay.stores)) if only is None else only)
         found = await check_all([self.lay.stores[si] for si in indexes], self.lay.config,
                                 self.lay.keys, self.meta, writable=self.writable,
-                                claim=self.writable, indexes=indexes, timeout=timeout)
+                                claim=self.writable, indexes=indexes, timeout=timeout,
+                                also=self.also_owned())
         return [si for si, state in zip(indexes, found, strict=True) if self.apply(si, state)]
 
     async def remove_stale_temporaries(self) -> int:

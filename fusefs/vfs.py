@@ -39,10 +39,11 @@ class Handle:
 
 class FileSystem:
     def __init__(self, meta: MetaRepo, volume: Volume, *, read_only: bool = False,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, pin: bool = False) -> None:
         self.meta = meta
         self.volume = volume
         self.read_only = read_only
+        self.pin = pin  # a follower: open files keep the chunk map they opened with
         self.cache = ChunkCache(cache_bytes)
         self.flusher = Flusher()
         self.lookups: dict[int, int] = {}
@@ -63,6 +64,9 @@ class FileSystem:
     def _inode(self, ino: int) -> InodeRow:
         row = self.meta.get_inode(ino)
         if row is None:
+            fd = self.files.get(ino)
+            if fd is not None and fd.pinned_inode is not None:
+                return fd.pinned_inode  # a follower's open file, gone from the snapshot
             raise FsError(errno.ENOENT)
         return row
 
@@ -87,8 +91,22 @@ class FileSystem:
         return row
 
     def _writable(self) -> None:
-        if self.read_only:
+        if self.read_only or self.volume.fenced:
             raise FsError(errno.EROFS)
+
+    def writing_inodes(self) -> set[int]:
+        """Files open for writing or with data not yet committed (a snapshot shows them as
+        they were before: never half-written)."""
+        busy = {h.ino for h in self.handles.values() if h.writable}
+        return busy | {fd.ino for fd in self.files.values()
+                       if fd.dirty or fd.inflight or fd.mtime_ns is not None}
+
+    def switched(self) -> None:
+        """The metadata was replaced by a newer snapshot (a follower): forget what was read
+        from the old one."""
+        self._looked_up.clear()
+        self._looked_up_gen = -1
+        self._any_xattrs = self.meta.has_xattrs()
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -376,6 +394,8 @@ class FileSystem:
         if fd is None:
             fd = FileData(row.id, row.file_id, row.size, self.meta, self.volume, self.cache,
                           self.flusher)
+            if self.pin:
+                fd.pin(row)
             self.files[row.id] = fd
         fd.opens += 1
         return fd
@@ -435,6 +455,7 @@ class FileSystem:
         h = self._handle(fh)
         if not h.writable:
             raise FsError(errno.EBADF)
+        self._writable()  # the volume may have been fenced since the open
         return await h.data.write(off, data)
 
     async def flush(self, fh: int) -> None:

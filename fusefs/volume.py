@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -27,12 +28,14 @@ from fusefs.chunkwrite import ChunkWriter
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
 from fusefs.durability import Durability, recover_lost_writes
+from fusefs.errors import StoreError
 from fusefs.events import EventLog
 from fusefs.heal import Healer
 from fusefs.health import StoreHealth
 from fusefs.layout import Layout
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.scrub import Progress, Scrubber
+from fusefs.snapshots.publisher import Publisher
 from fusefs.storecheck import StoreWatch, require_readable
 from fusefs.stores.base import Store
 from fusefs.workers import IoPolicy
@@ -41,7 +44,11 @@ from fusefs.workers import IoPolicy
 class Volume:
     def __init__(self, config: VolumeConfig, keys: VolumeKeys, stores: list[Store],
                  meta: MetaRepo, events: EventLog, *, writable: bool = True,
+                 state_dir: Path | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """`writable` False: nothing is ever written to or deleted from the stores (a
+        read-only mount: damage is reported, not healed). `state_dir` (the volume
+        directory) turns on metadata snapshots for a writable volume."""
         self.layout = lay = Layout(config, keys, stores)
         self.config, self.keys, self.stores = config, keys, stores
         self.meta = meta
@@ -55,7 +62,15 @@ class Volume:
         self.writer = ChunkWriter(lay, self.health, self.policy, meta, events,
                                   recheck=self.watch.probe)
         self.durability = Durability(lay, self.health, meta)
-        self.healer = Healer(lay, self.health, self.reader, meta, events)
+        self.durability.deletes = writable
+        self.healer = Healer(lay, self.health, self.reader, meta, events, writes=writable)
+        self.publisher: Publisher | None = None
+        if state_dir is not None and writable and config.role == "writer":
+            self.publisher = Publisher(lay, self.health, meta, self.writer, events, state_dir)
+            self.watch.also_owned = self._snapshot_objects
+            self.durability.may_delete = self.publisher.check_fence
+            if config.grace > 0:
+                self.durability.grace = config.grace
 
     @property
     def nursery(self) -> trio.Nursery | None:
@@ -67,6 +82,11 @@ class Volume:
     def nursery(self, nursery: trio.Nursery | None) -> None:
         self.durability.nursery = nursery
         self.writer.nursery = nursery
+
+    @property
+    def fenced(self) -> str | None:
+        """Why this host no longer writes the volume (another host took over), or None."""
+        return self.publisher.fenced if self.publisher is not None else None
 
     # -- store health ----------------------------------------------------------------------
     def store_down(self, si: int) -> bool:
@@ -82,6 +102,8 @@ class Volume:
     async def write_chunk(self, ino: int, file_id: bytes, idx: int, plain: bytes,
                           prev_version: int) -> tuple[ChunkRow, dict[int, str]]:
         """A new version of chunk `idx` stored (not committed): see `ChunkWriter.write`."""
+        if self.fenced:
+            raise StoreError(f"this host no longer writes the volume: {self.fenced}")
         return await self.writer.write(file_id, idx, plain, prev_version)
 
     def commit_chunk(self, ino: int, row: ChunkRow, missing: dict[int, str],
@@ -134,5 +156,13 @@ class Volume:
     def scrubber(self, *, repair: bool, rate: float | None = None,
                  progress: Progress | None = None) -> Scrubber:
         return Scrubber(self.layout, self.health, self.watch, self.meta, self.events,
-                        self.healer, self.writer.writing, repair=repair, rate=rate,
-                        progress=progress)
+                        self.healer, self.writer.writing,
+                        repair=repair and self.healer.writes and not self.fenced, rate=rate,
+                        progress=progress, orphans=self.healer.writes,
+                        also_referenced=self._snapshot_objects,
+                        snapshots=self.publisher.index.objects if self.publisher else list)
+
+    def _snapshot_objects(self) -> list[tuple[bytes, bytes]]:
+        if self.publisher is None:
+            return []
+        return [(r.oid, r.placement) for r in self.publisher.index.all_refs()]

@@ -63,13 +63,16 @@ class VolumeDir:
     lock_file = property(lambda self: self.path / "fusefs.lock")
     socket = property(lambda self: self.path / SOCKET_NAME)
     default_key = property(lambda self: self.path / "fusefs.key")
+    seen = property(lambda self: self.path / "seen.json")  # newest snapshot this host saw
+    snapshot_files = property(lambda self: [self.path / "snapshots.db",
+                                            self.path / "snapshot.db"])
 
     def own_files(self) -> list[Path]:
         """Every file fusefs writes here (not the key: that one is the user's)."""
         meta = str(self.meta)
         return [self.config, self.config.with_suffix(".tmp"), self.meta, Path(meta + "-wal"),
                 Path(meta + "-shm"), self.events, self.log, self.pid, self.lock_file,
-                self.socket]
+                self.socket, self.seen, *self.snapshot_files]
 
     def make_private(self) -> list[str]:
         """Take group and other bits off the directory and the files fusefs keeps in it

@@ -174,6 +174,7 @@ def create_volume(
     k: int = 3,
     m: int = 2,
     chunk_size: int | None = None,
+    gc_grace: float | None = 0,
     key: Path | None = None,
 ) -> Volume:
     """`fusefs init` a volume BASE/NAME over N fresh store directories BASE/NAME-stores/sI."""
@@ -189,6 +190,8 @@ def create_volume(
     args += ["--data-shares", k, "--parity-shares", m, "--key-file", key]
     if chunk_size is not None:
         args += ["--chunk-size", chunk_size]
+    if gc_grace is not None:  # tests check what the stores hold after an unmount: no grace
+        args += ["--gc-grace", gc_grace]  # for followers (tests that want one ask for it)
     assert_ok(run_fusefs(*args))
     assert key.is_file(), f"init did not write the key file {key}"
     return vol
@@ -626,6 +629,18 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
     return out
 
 
+def snapshot_shares(vol: Volume) -> set[tuple[int, str]]:
+    """(store index, object name) of every share of the volume's metadata snapshots (what a
+    store holds beside the shares of file chunks)."""
+    from fusefs.codec.keys import VolumeKeys, load_key_file
+    from fusefs.snapshots.index import snapshot_objects
+
+    keys = VolumeKeys(load_key_file(vol.key), bytes.fromhex(_volume_id(vol)))
+    return {(si, keys.object_name(oid, i))
+            for oid, placement in snapshot_objects(vol.path / "snapshots.db")
+            for i, si in enumerate(placement)}
+
+
 def forge_digest(vol: Volume, loc: ShareLoc, data: bytes) -> None:
     """Write DATA as LOC's object AND record its xxh3-128 as the share's checksum in meta.db
     (a forged checksum). Only while the volume is NOT mounted."""
@@ -657,7 +672,7 @@ def read_events(vol: Volume) -> list[dict]:
 
 
 SCRUB_KEYS = {"healthy", "chunks", "bytes_read", "seconds", "stores", "damaged_files",
-              "unrecoverable_files", "queued_repairs"}
+              "unrecoverable_files", "queued_repairs", "snapshot_objects"}
 SCRUB_STORE_KEYS = {"url", "state", "shares_checked", "missing", "checksum_mismatch",
                     "authentication_failure", "store_unreachable", "repaired", "queued",
                     "orphans", "orphans_removed"}
@@ -677,15 +692,17 @@ def scrub_json(target: Path | str, *args: object, timeout: float = CLI_TIMEOUT
     assert set(report) == SCRUB_KEYS, f"scrub --json keys: {sorted(report)}"
     assert isinstance(report["healthy"], bool)
     assert isinstance(report["seconds"], int | float) and report["seconds"] >= 0
-    for key in ("chunks", "bytes_read", "queued_repairs"):
+    for key in ("chunks", "bytes_read", "queued_repairs", "snapshot_objects"):
         assert isinstance(report[key], int) and report[key] >= 0, (key, report[key])
     assert isinstance(report["damaged_files"], dict)
     for path, problems in report["damaged_files"].items():
-        assert path.startswith(("/", "<inode ")), path  # "<inode N>": unlinked meanwhile
+        # "<inode N>": unlinked meanwhile; "<metadata snapshots>": the volume's own objects
+        assert path.startswith(("/", "<inode ", "<metadata snapshots>")), path
         assert isinstance(problems, list) and problems, (path, problems)
         assert all(isinstance(p, str) and p for p in problems), problems
     assert isinstance(report["unrecoverable_files"], list)
-    assert all(p.startswith(("/", "<inode ")) for p in report["unrecoverable_files"])
+    assert all(p.startswith(("/", "<inode ", "<metadata snapshots>"))
+               for p in report["unrecoverable_files"])
     assert isinstance(report["stores"], list) and report["stores"]
     for s in report["stores"]:
         assert set(s) == SCRUB_STORE_KEYS, f"scrub --json store keys: {sorted(s)}"

@@ -38,6 +38,7 @@ from helpers import (
     read_uncached,
     scrub_json,
     share_map,
+    snapshot_shares,
     status_json,
 )
 
@@ -80,8 +81,9 @@ def n_chunks(files: dict[str, bytes]) -> int:
 
 
 def objects_expected_on(vol: Volume, store: int) -> set[str]:
-    return {s.name for chunks in share_map(vol).values() for c in chunks for s in c
-            if s.store == store}
+    chunks = {s.name for chunks in share_map(vol).values() for c in chunks for s in c
+              if s.store == store}
+    return chunks | {name for si, name in snapshot_shares(vol) if si == store}
 
 
 def store_events(vol: Volume, store: int, kind: str) -> list[dict]:

@@ -39,6 +39,7 @@ from helpers import (
     read_events,
     scrub_json,
     share_map,
+    snapshot_shares,
     status_json,
     tree_layout,
     write_tree,
@@ -185,8 +186,9 @@ def busiest_fanout_dir(vol: Volume) -> str:
 
 
 def expected_names(vol: Volume) -> set[str]:
-    return {s.name for chunks in share_map(vol).values() for c in chunks for s in c
-            if s.store == VICTIM}
+    chunks = {s.name for chunks in share_map(vol).values() for c in chunks for s in c
+              if s.store == VICTIM}
+    return chunks | {name for si, name in snapshot_shares(vol) if si == VICTIM}
 
 
 # ------------------------------------------------------------------------------------------

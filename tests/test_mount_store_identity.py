@@ -169,8 +169,10 @@ def test_a_volume_mounts_while_its_s3_stores_are_down(tmp_path: Path,
         assert report["queued_repairs"] == 0, report
         for b in buckets:
             listed = server.client().list_objects_v2(Bucket=b, Prefix="vol/objects/")
-            # every chunk has one share on every store (K + M = 5 stores)
-            assert listed.get("KeyCount", 0) == report["chunks"], (b, listed.get("KeyCount"))
+            # every chunk and every metadata snapshot object has one share on every store
+            # (K + M = 5 stores)
+            want = report["chunks"] + report["snapshot_objects"]
+            assert listed.get("KeyCount", 0) == want, (b, listed.get("KeyCount"), want)
         for rel, data in {**files, **later}.items():
             assert read_uncached(mnt / rel) == data, rel
         mounter.umount(mnt)

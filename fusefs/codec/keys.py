@@ -14,7 +14,11 @@ with the volume id as salt and a named label as info, so no two purposes share a
   - "fusefs key check"           -> a check value stored in the volume config, so a wrong
     key is refused at mount before anything is read or written;
   - "fusefs store marker"        -> HMAC-SHA256 key of the stores' markers, so a store's
-    marker proves which volume and which store index it belongs to.
+    marker proves which volume and which store index it belongs to;
+  - "fusefs snapshot names"      -> HMAC-SHA256 key naming metadata snapshot objects (a
+    block by its content, a superblock by its epoch and sequence number);
+  - "fusefs head"                -> AES-256-GCM key of the head (the newest snapshot's
+    name, replicated in every store).
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ class VolumeKeys:
         self._name_key = _hkdf(master, volume_id, b"fusefs object names")
         self.check_value = _hkdf(master, volume_id, b"fusefs key check").hex()
         self._marker_key = _hkdf(master, volume_id, b"fusefs store marker")
+        self._snapshot_key = _hkdf(master, volume_id, b"fusefs snapshot names")
+        self.head_aead = AESGCM(_hkdf(master, volume_id, b"fusefs head"))
         self._file_keys: OrderedDict[bytes, tuple[bytes, AESGCM]] = OrderedDict()
         self._chunk_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._lock = threading.Lock()  # worker threads (fast read path) share the caches
@@ -151,6 +157,10 @@ class VolumeKeys:
         """The MAC (64 hex digits) a store marker of this volume carries for its index."""
         msg = b"fusefs-store\0" + self._volume_id + store_index.to_bytes(4, "big")
         return hmac.new(self._marker_key, msg, hashlib.sha256).hexdigest()
+
+    def snapshot_oid(self, *parts: bytes) -> bytes:
+        """The 16-byte id of a metadata snapshot object (a keyed hash of what defines it)."""
+        return hmac.new(self._snapshot_key, b"".join(parts), hashlib.sha256).digest()[:16]
 
     def object_name(self, oid: bytes, share: int) -> str:
         """Opaque 32-hex-digit name of share `share` of chunk version `oid`.

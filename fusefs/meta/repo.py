@@ -82,6 +82,9 @@ class MetaRepo:
             except OSError as e:
                 raise ConfigError(f"cannot create {self.path}: {e.strerror}") from None
         self._depth = 0
+        self._open(read_only, create)
+
+    def _open(self, read_only: bool, create: bool = False) -> None:
         quoted = urllib.parse.quote(str(self.path))  # '#', '?', '%' are URI syntax
         uri = f"file:{quoted}?mode=ro" if read_only else f"file:{quoted}"
         try:
@@ -106,6 +109,38 @@ class MetaRepo:
 
     def close(self) -> None:
         self.db.close()
+
+    def reopen(self, new_path: Path) -> None:
+        """Put the database file `new_path` in place of this one and continue on it (a
+        follower switching snapshots; nothing is written meanwhile: this is synchronous)."""
+        self.db.close()
+        os.replace(new_path, self.path)
+        for side in ("-wal", "-shm"):
+            Path(f"{self.path}{side}").unlink(missing_ok=True)
+        self._open(read_only=False)
+
+    def changed_since(self, previous: Path) -> tuple[set[int], list[tuple[int, bytes]]]:
+        """What differs from an older copy of this database: inodes whose attributes or
+        contents changed, appeared or went, and names that went or now name another inode
+        (what a follower tells the kernel to forget)."""
+        self.db.execute("ATTACH DATABASE ? AS prev",
+                        (f"file:{urllib.parse.quote(str(previous))}?mode=ro",))
+        try:
+            inodes = {r[0] for r in self.db.execute(
+                "SELECT id, mode, uid, gid, nlink, size, mtime_ns, ctime_ns, target FROM inodes"
+                " EXCEPT SELECT id, mode, uid, gid, nlink, size, mtime_ns, ctime_ns, target"
+                " FROM prev.inodes")}
+            inodes |= {r[0] for r in self.db.execute(
+                "SELECT id FROM prev.inodes EXCEPT SELECT id FROM inodes")}
+            inodes |= {r[0] for r in self.db.execute(
+                "SELECT inode FROM (SELECT inode, idx, oid FROM chunks EXCEPT"
+                " SELECT inode, idx, oid FROM prev.chunks)")}
+            entries = self.db.execute(
+                "SELECT parent, name FROM (SELECT parent, name, inode FROM prev.dentries"
+                " EXCEPT SELECT parent, name, inode FROM dentries)").fetchall()
+        finally:
+            self.db.execute("DETACH DATABASE prev")
+        return inodes, entries
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -344,9 +379,33 @@ class MetaRepo:
             f" c.digests, i.size FROM chunks c JOIN inodes i ON i.id = c.inode"
             f" WHERE c.inode=? AND c.{which}", (ino, idx))
 
-    def garbage(self, limit: int = 1000) -> list[tuple[int, bytes, bytes]]:
-        return self.db.execute("SELECT id, oid, placement FROM garbage ORDER BY id LIMIT ?",
-                               (limit,)).fetchall()
+    def garbage(self, limit: int = 1000, published_before_ns: int | None = None
+                ) -> list[tuple[int, bytes, bytes]]:
+        """Garbage rows to delete; with `published_before_ns`, only those that a snapshot
+        published before then no longer names (followers have moved past them)."""
+        if published_before_ns is None:
+            return self.db.execute("SELECT id, oid, placement FROM garbage ORDER BY id"
+                                   " LIMIT ?", (limit,)).fetchall()
+        return self.db.execute(
+            "SELECT id, oid, placement FROM garbage WHERE published_ns <= ? ORDER BY id"
+            " LIMIT ?", (published_before_ns, limit)).fetchall()
+
+    def mark_garbage_published(self, up_to_id: int, now_ns: int,
+                               except_inodes: set[int] = frozenset()) -> None:
+        """A snapshot was published that no longer names the garbage rows up to this id
+        (but those of `except_inodes`, which the snapshot showed as they were before)."""
+        skip = ",".join("?" * len(except_inodes))
+        self.db.execute(
+            "UPDATE garbage SET published_ns=? WHERE published_ns IS NULL AND id <= ?"
+            + (f" AND (inode IS NULL OR inode NOT IN ({skip}))" if skip else ""),
+            (now_ns, up_to_id, *sorted(except_inodes)))
+
+    def get_info(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM dbinfo WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_info(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO dbinfo VALUES (?, ?)", (key, value))
 
     def max_garbage_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM garbage").fetchone()[0]

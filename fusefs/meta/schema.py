@@ -77,7 +77,9 @@ CREATE TABLE garbage (
     version     INTEGER,
     length      INTEGER,
     digests     BLOB,
-    size_before INTEGER    -- ... and inodes.size just before that commit
+    size_before INTEGER,   -- ... and inodes.size just before that commit
+    published_ns INTEGER   -- when a metadata snapshot without this version was published:
+                           -- followers may read it until then (and a grace period after)
 );
 
 -- Shares known to be missing or bad that could not be rewritten yet (store down, full,
@@ -106,7 +108,8 @@ CREATE TABLE unreadable (
 ) WITHOUT ROWID;
 
 -- Key/value facts about the database itself: schema_version; durable_garbage_id (see
--- garbage).
+-- garbage); writer_epoch (which writer of the volume this is: a host that recovers the
+-- volume as its writer raises it, and a writer that sees a higher one in the stores stops).
 CREATE TABLE dbinfo (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
@@ -129,6 +132,7 @@ MIGRATIONS = {
         ALTER TABLE garbage ADD COLUMN length INTEGER;
         ALTER TABLE garbage ADD COLUMN digests BLOB;
         ALTER TABLE garbage ADD COLUMN size_before INTEGER;
+        ALTER TABLE garbage ADD COLUMN published_ns INTEGER;
         CREATE TABLE unreadable (oid BLOB PRIMARY KEY, inode INTEGER NOT NULL,
                                  idx INTEGER NOT NULL, since_ns INTEGER NOT NULL)
             WITHOUT ROWID;

@@ -16,7 +16,9 @@ from collections.abc import Callable
 
 from fusefs.errors import NoSuchObject
 
-MARKER = "fusefs-store"  # the only object with a fixed name: says which volume owns the store
+MARKER = "fusefs-store"  # says which volume (and which of its stores) owns the store
+HEAD = "fusefs-head"  # the newest metadata snapshot of the volume (sealed; see `snapshots`)
+FIXED_NAMES = frozenset({MARKER, HEAD})  # the only names that are not opaque share names
 
 
 class Store(ABC):

@@ -57,7 +57,7 @@ import trio
 from fusefs.codec.buffers import address
 from fusefs.errors import NoSuchObject, StoreError, StoreFull
 from fusefs.mounts import may_hang
-from fusefs.stores.base import MARKER, Store
+from fusefs.stores.base import FIXED_NAMES, Store
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _IO_THREADS = 8  # concurrent blocking calls per store
@@ -356,15 +356,15 @@ class LocalStore(Store):
         raise AssertionError("not reached")
 
     def _object_rel(self, name: str) -> str:
-        if name == MARKER:
-            return MARKER
+        if name in FIXED_NAMES:
+            return name
         if _OBJECT_NAME.fullmatch(name) is None:  # no "/" or "..": the walk stays below
             raise NoSuchObject(f"store {self.url}: {name!r} is not an object name")
         return f"{OBJECTS}/{name[:FANOUT_DIGITS]}/{name}"
 
     def _dir_rel(self, name: str) -> str:
         """The directory an object (or the marker) lives in, below the root."""
-        return "" if name == MARKER else f"{OBJECTS}/{name[:FANOUT_DIGITS]}"
+        return "" if name in FIXED_NAMES else f"{OBJECTS}/{name[:FANOUT_DIGITS]}"
 
     def _missing_root(self) -> StoreError | None:
         if self.root.is_dir():
@@ -493,7 +493,7 @@ class LocalStore(Store):
         return self._error("write", name, e)
 
     def _put_sync(self, name: str, data: bytes | memoryview) -> None:
-        if name != MARKER and _OBJECT_NAME.fullmatch(name) is None:
+        if name not in FIXED_NAMES and _OBJECT_NAME.fullmatch(name) is None:
             raise StoreError(f"store {self.url}: cannot write {name!r}: not an object name")
         view = memoryview(data).cast("B")
         direct = self.direct_io and len(view) >= DIRECT_MIN

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from fusefs.errors import ConfigError, NoSuchObject, StoreError
-from fusefs.stores.base import MARKER, Store
+from fusefs.stores.base import FIXED_NAMES, Store
 
 _PARALLEL = 16  # concurrent requests per store (connection pool size too)
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -65,7 +65,7 @@ class S3Store(Store):
         return self._client
 
     def _key(self, name: str) -> str:
-        return f"{self.prefix}{name}" if name == MARKER else f"{self.prefix}objects/{name}"
+        return f"{self.prefix}{name}" if name in FIXED_NAMES else f"{self.prefix}objects/{name}"
 
     def _error(self, what: str, name: str, e: Exception) -> StoreError:
         code = _code(e)

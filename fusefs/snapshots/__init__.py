@@ -1,0 +1,1 @@
+"""Metadata snapshots in the stores: publishing (writer), reading (recover, followers)."""
