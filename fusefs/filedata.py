@@ -99,6 +99,8 @@ class FileData:
         self._next_off = 0  # where a sequential reader reads next (a read from the start
         #                     counts as sequential: whole chunks and readahead at once)
         self._near = True  # the last read started where the one before it ended
+        self.committed_size = size  # the size the metadata holds
+        self._lost_from = 1 << 62  # the start of the lowest chunk whose write failed
         # A follower pins the chunk map at open: a newer snapshot that drops or rewrites the
         # file must not change what an open file reads (its shares outlive it for a while).
         self.pinned: dict[int, ChunkRow] | None = None
@@ -274,15 +276,36 @@ class FileData:
             prev = self.meta.chunk_version(self.ino, idx)
             row, missing = await self.volume.write_chunk(self.ino, self.file_id, idx, data,
                                                          prev)
-            self.volume.commit_chunk(self.ino, row, missing, size=self.size)
+            size = self._committable_size(idx)
+            self.volume.commit_chunk(self.ino, row, missing, size=size)
+            self.committed_size = size
             self.cache.put((self.ino, idx, row.oid), data)
         except Exception as e:  # noqa: BLE001 - reported to the writer at flush/fsync
             log.error("writing chunk %d of inode %d failed: %s", idx, self.ino, e)
             self.error = e
+            self._lost_from = min(self._lost_from, idx * self.cs)
         finally:
             del self.inflight[idx]
             done.set()
             self.flusher.slots.release()
+
+    def _committable_size(self, idx: int) -> int:
+        """The file size to commit with chunk idx: never past a chunk that is not committed
+        yet (buffered, being written, or lost), or a reader would get zeros where that data
+        belongs; never less than what is committed already. Holes (never written) may lie
+        below it: they read as zeros, as they should."""
+        limit = self.size
+        pending = [i for i in (*self.dirty, *self.inflight) if i != idx]
+        if pending:
+            limit = min(limit, min(pending) * self.cs)
+        return max(self.committed_size, min(limit, self._lost_from))
+
+    def _revert(self) -> None:
+        """Writes could not be stored: the file is what was committed (as after a
+        page-cache writeback error, the unwritable bytes are gone)."""
+        self.size = self.committed_size
+        self.mtime_ns = self.ctime_ns = None
+        self._lost_from = 1 << 62
 
     def discard_dirty(self) -> None:
         """Forget buffered writes that cannot be stored; the committed size is kept."""
@@ -290,8 +313,8 @@ class FileData:
         self.error = None
         row = self.meta.get_inode(self.ino)
         if row is not None:
-            self.size = row.size
-        self.mtime_ns = self.ctime_ns = None
+            self.committed_size = row.size
+        self._revert()
 
     async def wait_inflight(self) -> None:
         while self.inflight:
@@ -310,10 +333,12 @@ class FileData:
         await self.wait_inflight()
         if self.error is not None:
             e, self.error = self.error, None
+            self._revert()
             raise fs_error(e)
         if self.mtime_ns is not None:
             self.meta.update_inode(self.ino, size=self.size, mtime_ns=self.mtime_ns,
                                    ctime_ns=self.ctime_ns or self.mtime_ns)
+            self.committed_size = self.size
             self.mtime_ns = self.ctime_ns = None
         if durable:
             try:
@@ -348,4 +373,5 @@ class FileData:
         self.size = size
         now = time.time_ns()
         self.meta.update_inode(self.ino, size=size, mtime_ns=now, ctime_ns=now)
+        self.committed_size = size
         self.mtime_ns = self.ctime_ns = None if not self.dirty else now

@@ -175,6 +175,7 @@ def create_volume(
     m: int = 2,
     chunk_size: int | None = None,
     gc_grace: float | None = 0,
+    snapshot_interval: float | None = None,
     key: Path | None = None,
 ) -> Volume:
     """`fusefs init` a volume BASE/NAME over N fresh store directories BASE/NAME-stores/sI."""
@@ -192,6 +193,8 @@ def create_volume(
         args += ["--chunk-size", chunk_size]
     if gc_grace is not None:  # tests check what the stores hold after an unmount: no grace
         args += ["--gc-grace", gc_grace]  # for followers (tests that want one ask for it)
+    if snapshot_interval is not None:
+        args += ["--snapshot-interval", snapshot_interval]
     assert_ok(run_fusefs(*args))
     assert key.is_file(), f"init did not write the key file {key}"
     return vol

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -912,3 +913,39 @@ def test_explicit_mtime_on_dirty_open_file_keeps_ctime_current(env: Env) -> None
     assert seen.mtime_ns == old and row.mtime_ns == old
     assert seen.ctime_ns >= start, "ctime shown as the user-given mtime"
     assert row.ctime_ns >= start, "ctime committed as the user-given mtime"
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "o_trunc"])
+def test_a_failed_close_never_leaves_zeros(env: Env, existing: bool, background: bool) -> None:
+    """close() fails with EIO (too few stores take the shares): the file must then read as
+    what was committed (nothing, or an O_TRUNC'd empty file), never as the new size in
+    zeros, in this instance and in a cold one. (The release after the failed flush used to
+    commit the size with no data behind it.)"""
+    data = data_of(3 * CS + 500, seed=9)
+
+    async def main() -> int:
+        if existing:
+            await write_file(env.fs, b"f", b"old content")
+            ino = env.fs.lookup(ROOT_INODE, b"f").id
+            fh = await env.fs.open(ino, RW | os.O_TRUNC)
+        else:
+            fh, ino = await create(env.fs, b"f")
+        for d in env.store_dirs[:2]:  # 3 of 5 stores left: below the write quorum of 4
+            shutil.rmtree(d)
+        async with trio.open_nursery() as nursery:
+            env.fs.flusher.nursery = nursery if background else None
+            for off in range(0, len(data), 70_000):
+                await env.fs.write(fh, off, data[off : off + 70_000])
+            with pytest.raises(FsError) as info:
+                await env.fs.flush(fh)  # close(2): the kernel's FLUSH, then RELEASE
+            assert info.value.errno == errno.EIO
+            await env.fs.release(fh)
+            env.fs.flusher.nursery = None
+        return ino
+
+    ino = run(main)
+    assert env.fs.attr(ino).size == 0
+    assert run(read_all, env.fs, ino) == b""
+    cold = env.fresh_fs()
+    assert cold.attr(ino).size == 0 and run(read_all, cold, ino) == b""
