@@ -45,6 +45,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, replace
@@ -84,6 +85,10 @@ OK = Fault()
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     proxy: FaultProxy
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a client that hung up: expected
+            super().handle_error(request, client_address)
 
 
 class FaultProxy:
