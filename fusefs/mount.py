@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from fusefs import lifecycle, metrics
 from fusefs.codec import erasure
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 class MountOptions:
     read_only: bool = False
     allow_other: bool = False
+    metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (None: off)
 
 
 READAHEAD_KIB = 4096  # kernel readahead for the mount: 1 MiB read requests, 4 in flight
@@ -103,7 +105,8 @@ def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptio
         raise
     try:
         vd.write_pid()
-        trio.run(_serve, vd, cfg, keys, mp, opts, ready)
+        with lifecycle.metrics_served(opts.metrics, vd, ready):
+            trio.run(_serve, vd, cfg, keys, mp, opts, ready)
         vd.pid.unlink(missing_ok=True)  # only a clean exit removes it
     finally:
         os.close(lock_fd)
@@ -117,6 +120,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     from fusefs.fuse_ops import FuseOps, mount_options
 
     stores = [open_store(u) for u in cfg.stores]
+    metrics.instrument_stores(stores)
     try:
         meta = MetaRepo(vd.meta)
     except FusefsError as e:
@@ -165,7 +169,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
             nursery.start_soon(volume.run_durability)
             nursery.start_soon(volume.run_store_watch)
             await nursery.start(ControlServer(vd.path, volume).serve)
-            nursery.start_soon(_stop_on_signal, signalled)
+            nursery.start_soon(_stop_on_signal, signalled, mp)
             nursery.start_soon(_announce_when_serving, mp, ready)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u) or on a signal
@@ -200,13 +204,15 @@ async def _announce_when_serving(mp: Path, ready: Callable[[str | None], None]) 
     ready(None)
 
 
-async def _stop_on_signal(signalled: list[int]) -> None:
-    """SIGTERM/SIGINT: stop serving; `_serve` flushes and unmounts on the way out."""
+async def _stop_on_signal(signalled: list[int], mp: Path) -> None:
+    """SIGTERM/SIGINT: stop serving; `_serve` flushes and unmounts on the way out. A second
+    one while that runs detaches the mount and exits at once (`lifecycle.force_exit`)."""
     import pyfuse3
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
+            if signalled:
+                lifecycle.force_exit(mp, signum)
             log.info("signal %d: unmounting", signum)
             signalled.append(signum)
             pyfuse3.terminate()
-            return
