@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
     s.add_argument("--init", action="store_true",
-                   help="create the volume first when VOLUME holds none (init's options, "
-                        "from the environment)")
+                   help="create the volume first when VOLUME holds none (init's options "
+                        "from the environment), and MOUNTPOINT when missing")
     s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     s = sub.add_parser("health", help="exit 0 when a mount answers (health/startup probes)")
@@ -255,8 +255,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     vd = VolumeDir(args.volume)
     if args.foreground:
         lifecycle.terminate_on_sigterm()  # PID 1 of a container: until the loop listens
-    if args.init and not vd.is_volume():
-        cmd_init(init_args(args))
+    if args.init:
+        if not vd.is_volume():
+            cmd_init(init_args(args))
+        if not os.path.lexists(args.mountpoint):
+            os.makedirs(args.mountpoint, mode=0o755)
     opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other,
                         metrics=args.metrics)
     if not args.foreground:

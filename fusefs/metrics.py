@@ -88,7 +88,7 @@ def parse_address(text: str) -> tuple[str, int]:
         number = int(port)
     except ValueError:
         number = -1
-    if not 0 < number < 65536 or ("[" in addr or "]" in addr):
+    if not 0 <= number < 65536 or ("[" in addr or "]" in addr):
         raise ConfigError(f"--metrics {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9100 or "
                           ":9100")
     return addr or "0.0.0.0", number
