@@ -253,6 +253,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from fusefs.volumedir import VolumeDir
 
     vd = VolumeDir(args.volume)
+    if args.metrics:
+        from fusefs.metrics import parse_address
+
+        parse_address(args.metrics)  # a wrong address is refused before anything starts
     if args.foreground:
         lifecycle.terminate_on_sigterm()  # PID 1 of a container: until the loop listens
     if args.init:
