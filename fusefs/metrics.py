@@ -35,7 +35,9 @@ This module imports nothing from fusefs but `errors`: every layer may import it.
 
 from __future__ import annotations
 
+import bisect
 import errno
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,30 +96,65 @@ def parse_address(text: str) -> tuple[str, int]:
     return addr or "0.0.0.0", number
 
 
+class _Histogram:
+    """One histogram series, cheap to observe: a bisect and two additions under a lock
+    (prometheus_client's own takes a lock per bucket and per sum). Exposed at scrape time
+    with cumulative buckets; its count is also the matching `_requests_total`."""
+
+    __slots__ = ("bounds", "counts", "total", "lock")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.total = 0.0
+        self.lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.bounds, value)  # the first bound >= value ("le")
+        with self.lock:
+            self.counts[i] += 1
+            self.total += value
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], int, float]:
+        with self.lock:
+            counts, total = list(self.counts), self.total
+        buckets, running = [], 0
+        for bound, n in zip((*map(repr, self.bounds), "+Inf"), counts, strict=True):
+            running += n
+            buckets.append((bound, running))
+        return buckets, running, total
+
+
+class _Counter:
+    """A counter incremented on the read path: an addition under a lock."""
+
+    __slots__ = ("value", "lock")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.lock = threading.Lock()
+
+    def inc(self, amount: float = 1) -> None:
+        with self.lock:
+            self.value += amount
+
+
 class Exporter:
     """The collectors and the HTTP server that serves them (`/metrics`)."""
 
     def __init__(self) -> None:
         import prometheus_client as pc
-        from prometheus_client.core import GaugeMetricFamily
 
         pc.disable_created_metrics()  # no `_created` series: they double the output
         self.registry = reg = pc.CollectorRegistry(auto_describe=True)
-        self.fuse_latency = pc.Histogram(
-            "fusefs_fuse_request_duration_seconds", "Latency of FUSE requests, by operation",
-            ["op"], buckets=FUSE_BUCKETS, registry=reg)
-        self.fuse_requests = pc.Counter("fusefs_fuse_requests", "FUSE requests answered",
-                                        ["op"], registry=reg)
+        # Hot: every FUSE request, store request and chunk load (see _Histogram).
+        self.fuse: dict[str, _Histogram] = {}
+        self.stores: dict[tuple[str, str], _Histogram] = {}
+        self.read, self.written = _Counter(), _Counter()
+        self.cache_hits, self.cache_misses = _Counter(), _Counter()
+        # Rare: errors and damage (prometheus_client's own counters).
         self.fuse_errors = pc.Counter("fusefs_fuse_errors", "FUSE requests answered with an "
                                       "error", ["op", "errno"], registry=reg)
-        self.read = pc.Counter("fusefs_read_bytes", "Bytes read through FUSE", registry=reg)
-        self.written = pc.Counter("fusefs_written_bytes", "Bytes written through FUSE",
-                                  registry=reg)
-        self.store_latency = pc.Histogram(
-            "fusefs_store_request_duration_seconds", "Latency of store requests",
-            ["store", "op"], buckets=STORE_BUCKETS, registry=reg)
-        self.store_requests = pc.Counter("fusefs_store_requests", "Store requests",
-                                         ["store", "op"], registry=reg)
         self.store_errors = pc.Counter("fusefs_store_errors", "Failed store requests",
                                        ["store", "op", "error"], registry=reg)
         self.degraded = pc.Counter("fusefs_degraded_reads", "Chunk reads that needed more "
@@ -126,43 +163,20 @@ class Exporter:
                                         "found fewer than K good shares", registry=reg)
         self.heals = pc.Counter("fusefs_heals", "Bad shares handled, by result", ["result"],
                                 registry=reg)
-        self.cache_hits = pc.Counter("fusefs_chunk_cache_hits", "Chunk reads served from "
-                                     "the plaintext cache", registry=reg)
-        self.cache_misses = pc.Counter("fusefs_chunk_cache_misses", "Chunk reads fetched "
-                                       "from the stores", registry=reg)
         for result in ("healed", "queued", "unrecoverable", "obsolete"):
             self.heals.labels(result)
         pc.ProcessCollector(namespace="fusefs", registry=reg)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
-        exporter = self
-
-        class _Gauges:
-            """Gauges read when scraped: peak memory, and those `add_gauge` registered."""
-
-            def collect(self):
-                peak = _peak_rss()
-                if peak is not None:
-                    yield GaugeMetricFamily("fusefs_process_peak_resident_memory_bytes",
-                                            "Peak resident memory of the daemon", value=peak)
-                for name, (doc, fn) in list(exporter.gauges.items()):
-                    try:
-                        value = fn()
-                    except Exception:  # noqa: BLE001 - a scrape must not fail for one gauge
-                        continue
-                    yield GaugeMetricFamily(name, doc, value=value)
-
-        reg.register(_Gauges())
-        self._fuse: dict[str, tuple[Any, Any]] = {}
+        reg.register(_Collector(self))
         self._server: Any = None
         self._thread: Any = None
 
     # -- hooks -----------------------------------------------------------------------------
     def _fuse_done(self, op: str, t0: float) -> None:
-        pair = self._fuse.get(op)
-        if pair is None:
-            pair = self._fuse[op] = (self.fuse_latency.labels(op), self.fuse_requests.labels(op))
-        pair[0].observe(time.perf_counter() - t0)
-        pair[1].inc()
+        h = self.fuse.get(op)
+        if h is None:
+            h = self.fuse[op] = _Histogram(FUSE_BUCKETS)
+        h.observe(time.perf_counter() - t0)
 
     def _fuse_error(self, op: str, err: int) -> None:
         self.fuse_errors.labels(op, errno.errorcode.get(err, str(err))).inc()
@@ -197,9 +211,10 @@ class Exporter:
             if fn is not None:
                 setattr(store, attr, self._wrap_blocking(fn, url, op))
 
-    def _children(self, url: str, op: str) -> tuple[Any, Any, Callable[[Exception], None]]:
-        latency = self.store_latency.labels(url, op)
-        requests = self.store_requests.labels(url, op)
+    def _store_series(self, url: str, op: str) -> tuple[_Histogram, Callable[[Exception], None]]:
+        h = self.stores.get((url, op))
+        if h is None:
+            h = self.stores[(url, op)] = _Histogram(STORE_BUCKETS)
         errors = self.store_errors
 
         def failed(e: Exception) -> None:
@@ -207,11 +222,11 @@ class Exporter:
                     "full" if isinstance(e, StoreFull) else "error")
             errors.labels(url, op, kind).inc()
 
-        return latency, requests, failed
+        return h, failed
 
     def _wrap_async(self, fn: Callable[..., Any], url: str, op: str) -> Callable[..., Any]:
-        latency, requests, failed = self._children(url, op)
-        clock = time.perf_counter
+        h, failed = self._store_series(url, op)
+        observe, clock = h.observe, time.perf_counter
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
             t0 = clock()
@@ -221,14 +236,13 @@ class Exporter:
                 failed(e)
                 raise
             finally:
-                latency.observe(clock() - t0)
-                requests.inc()
+                observe(clock() - t0)
 
         return timed
 
     def _wrap_blocking(self, fn: Callable[..., Any], url: str, op: str) -> Callable[..., Any]:
-        latency, requests, failed = self._children(url, op)
-        clock = time.perf_counter
+        h, failed = self._store_series(url, op)
+        observe, clock = h.observe, time.perf_counter
 
         def timed(*args: Any) -> Any:
             t0 = clock()
@@ -238,8 +252,7 @@ class Exporter:
                 failed(e)
                 raise
             finally:
-                latency.observe(clock() - t0)
-                requests.inc()
+                observe(clock() - t0)
 
         return timed
 
@@ -262,6 +275,56 @@ class Exporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _Collector:
+    """The hot series and the gauges, read when scraped."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.x = exporter
+
+    def describe(self) -> list:
+        return []  # unchecked: the series are known only once seen
+
+    def collect(self):
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        x = self.x
+        for name, doc, series, labels in (
+                ("fusefs_fuse_request", "FUSE requests", x.fuse, ["op"]),
+                ("fusefs_store_request", "Store requests", x.stores, ["store", "op"])):
+            latency = HistogramMetricFamily(f"{name}_duration_seconds", f"Latency of {doc}",
+                                            labels=labels)
+            count = CounterMetricFamily(f"{name}s", f"{doc} answered", labels=labels)
+            for key, h in sorted(list(series.items())):
+                values = [key] if isinstance(key, str) else list(key)
+                buckets, n, total = h.snapshot()
+                latency.add_metric(values, buckets, total)
+                count.add_metric(values, n)
+            yield latency
+            yield count
+        for name, doc, c in (
+                ("fusefs_read_bytes", "Bytes read through FUSE", x.read),
+                ("fusefs_written_bytes", "Bytes written through FUSE", x.written),
+                ("fusefs_chunk_cache_hits", "Chunk reads served from the plaintext cache",
+                 x.cache_hits),
+                ("fusefs_chunk_cache_misses", "Chunk reads fetched from the stores",
+                 x.cache_misses)):
+            yield CounterMetricFamily(name, doc, value=c.value)
+        peak = _peak_rss()
+        if peak is not None:
+            yield GaugeMetricFamily("fusefs_process_peak_resident_memory_bytes",
+                                    "Peak resident memory of the daemon", value=peak)
+        for name, (doc, fn) in list(x.gauges.items()):
+            try:
+                value = fn()
+            except Exception:  # noqa: BLE001 - a scrape must not fail for one gauge
+                continue
+            yield GaugeMetricFamily(name, doc, value=value)
 
 
 _exporter: Exporter | None = None
