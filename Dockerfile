@@ -24,7 +24,8 @@ RUN apt-get update \
 COPY . /src
 RUN python3 -m venv /opt/fusefs \
     && PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/fusefs/bin/pip install --no-cache-dir ${PIP_ARGS} /src \
-    && /opt/fusefs/bin/python -c "import pyfuse3, fusefs.cli"
+    && /opt/fusefs/bin/python -c "import pyfuse3, fusefs.cli" \
+    && /opt/fusefs/bin/python -m pip uninstall -q -y pip setuptools
 
 FROM ${BASE}
 RUN apt-get update \
