@@ -1,21 +1,38 @@
-# Minimal image: `fusefs` as the entrypoint. Mounting inside a container needs the FUSE device
-# and the right to mount:
-#   docker build -t fusefs .
-#   docker run --rm -it --device /dev/fuse --cap-add SYS_ADMIN -v /srv/fusefs:/srv/fusefs \
-#       fusefs mount /srv/fusefs/vol /mnt --foreground --key-file /srv/fusefs/vol.key
-FROM python:3.11-slim-bookworm
+# fusefs as a container image: the `fusefs` command is the entrypoint; run as a sidecar with
+# `mount --foreground` (README "Run as a sidecar").
+#
+#   docker build -t fusefs .                                  # from debian:bookworm-slim
+#   docker build -t fusefs --build-arg BASE=my/debian:12 .    # any Debian/Ubuntu base with apt
+#
+# Offline or behind a TLS-rewriting proxy: build the wheels on the host and let the image take
+# them from the build context instead of the package index (no CA is baked into the image):
+#
+#   pip wheel -w wheels .
+#   docker build -t fusefs --build-arg PIP_ARGS="--no-index --find-links /src/wheels" .
+#
+# Two stages: the first builds pyfuse3 against libfuse3-dev in a virtualenv (when no wheel is
+# at hand); the second has only the runtime libraries (python3, fuse3 with libfuse3,
+# libisal2 for fast erasure coding) and the virtualenv.
+ARG BASE=debian:bookworm-slim
 
-# fuse3: fusermount3 for mounting; libfuse3-dev, pkg-config, gcc: pyfuse3 builds from source;
-# libisal2: ISA-L computes the erasure code ~15x faster than zfec alone.
+FROM ${BASE} AS build
+ARG PIP_ARGS=""
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends fuse3 libfuse3-dev pkg-config gcc libisal2 \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-venv python3-dev gcc pkg-config libfuse3-dev \
     && rm -rf /var/lib/apt/lists/*
+COPY . /src
+RUN python3 -m venv /opt/fusefs \
+    && PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/fusefs/bin/pip install --no-cache-dir ${PIP_ARGS} /src \
+    && /opt/fusefs/bin/python -c "import pyfuse3, fusefs.cli" \
+    && /opt/fusefs/bin/python -m pip uninstall -q -y pip setuptools
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY fusefs ./fusefs
-RUN pip install --no-cache-dir . && rm -rf /src
-
-WORKDIR /
+FROM ${BASE}
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 fuse3 libisal2 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/fusefs /opt/fusefs
+ENV PATH=/opt/fusefs/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 ENTRYPOINT ["fusefs"]
 CMD ["--help"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from fusefs import metrics
 from fusefs.codec import chunk as chunkcodec
 from fusefs.codec.erasure import Buffer
 from fusefs.errors import ChunkUnrecoverable
@@ -134,6 +135,8 @@ class ChunkReader:
             result = await self._read_async(file_id, st, every_share)
         if result is None:
             self._unrecoverable(ino, row, st.bad, quiet)
+        if st.bad and not every_share:
+            metrics.degraded_read()
         if row.oid in self._unreadable and self.meta is not None:
             self._unreadable.discard(row.oid)  # whole again, whatever made it so
             self.meta.clear_unreadable(row.oid)
@@ -196,6 +199,8 @@ class ChunkReader:
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str],
                        quiet: bool = False) -> None:
+        if not quiet:
+            metrics.unrecoverable_chunk()
         if not quiet and self.meta is not None:
             self._unreadable.add(row.oid)
             self.meta.mark_unreadable(row.oid, ino, row.idx, time.time_ns())

@@ -4,6 +4,11 @@ Exit status: 0 success; 1 failure with a one-line message on stderr; 2 usage err
 Only `FusefsError` messages are shown to the user; anything else is a bug and is reported as
 one line pointing at the log, never as a traceback.
 
+Configuration for containers: every option of `init`, `mount` and `health` can also come
+from an environment variable (`ENVIRONMENT` below; the command line wins), and the stores
+from a mounted file, so a sidecar needs no command line beyond `mount --foreground`. S3
+credentials come from the standard AWS variables and files (boto3's chain).
+
 Every command runs with umask 077: whatever fusefs creates (volume directory, metadata,
 logs, control socket, local store directories and shares) is private to its user. Files
 created through a mount are not affected: their mode comes from the kernel's request,
@@ -24,6 +29,28 @@ from fusefs.errors import FusefsError
 
 log = logging.getLogger("fusefs")
 
+# Environment variables for options not given on the command line: (command, dest) -> name.
+ENVIRONMENT = {
+    ("init", "volume"): "FUSEFS_VOLUME",
+    ("init", "store"): "FUSEFS_STORES",  # URLs separated by whitespace or commas
+    ("init", "stores_file"): "FUSEFS_STORES_FILE",  # a file: one URL a line, # comments
+    ("init", "data_shares"): "FUSEFS_DATA_SHARES",
+    ("init", "parity_shares"): "FUSEFS_PARITY_SHARES",
+    ("init", "chunk_size"): "FUSEFS_CHUNK_SIZE",
+    ("init", "snapshot_interval"): "FUSEFS_SNAPSHOT_INTERVAL",
+    ("init", "gc_grace"): "FUSEFS_GC_GRACE",
+    ("init", "key_file"): "FUSEFS_KEY_FILE",
+    ("mount", "volume"): "FUSEFS_VOLUME",
+    ("mount", "mountpoint"): "FUSEFS_MOUNTPOINT",
+    ("mount", "key_file"): "FUSEFS_KEY_FILE",
+    ("mount", "metrics"): "FUSEFS_METRICS",
+    ("mount", "read_only"): "FUSEFS_READ_ONLY",  # 1/true/yes
+    ("mount", "allow_other"): "FUSEFS_ALLOW_OTHER",
+    ("mount", "init"): "FUSEFS_INIT",
+    ("mount", "follow"): "FUSEFS_FOLLOW",
+    ("health", "mountpoint"): "FUSEFS_MOUNTPOINT",
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fusefs", description="Encrypted, erasure-coded, "
@@ -32,27 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", help="create a volume over a set of stores")
-    s.add_argument("volume", metavar="VOLUME", help="directory for the config and metadata")
-    s.add_argument("--store", action="append", required=True, metavar="URL",
-                   help="store URL: file:///abs/path or /abs/path (repeat, one per store)")
-    s.add_argument("--data-shares", type=int, metavar="K", help="shares needed to read (K)")
-    s.add_argument("--parity-shares", type=int, metavar="M", help="stores that may fail (M)")
-    s.add_argument("--chunk-size", metavar="SIZE", default="4M", help="chunk size (default 4M)")
-    s.add_argument("--segment-size", metavar="SIZE",
-                   help="encryption unit inside a chunk (default 64K): the least a read fetches")
-    s.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
-                   help="publish the metadata to the stores this often while it changes "
-                        "(default 60; 0: only at unmount and on demand)")
-    s.add_argument("--gc-grace", type=float, metavar="SECONDS",
-                   help="keep replaced data this long after a snapshot without it is "
-                        "published, for followers (default: 3 snapshot intervals)")
-    s.add_argument("--key-file", metavar="PATH",
-                   help="key file: created (mode 0600) if missing, else used "
-                        "(default: VOLUME/fusefs.key)")
+    s.add_argument("volume", metavar="VOLUME", nargs="?",
+                   help="directory for the config and metadata")
+    _init_options(s)
+    s.add_argument("--if-missing", action="store_true",
+                   help="do nothing when VOLUME already holds a volume")
 
     s = sub.add_parser("mount", help="mount a volume")
-    s.add_argument("volume", metavar="VOLUME")
-    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+    s.add_argument("volume", metavar="VOLUME", nargs="?")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     s.add_argument("--key-file", metavar="PATH")
     s.add_argument("--foreground", action="store_true", help="do not daemonize; log to stderr")
     s.add_argument("--read-only", action="store_true")
@@ -61,7 +76,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="a follower (read-only): switch to each new snapshot of the writer")
     s.add_argument("--accept-older-snapshot", action="store_true",
                    help="a follower: accept a snapshot older than one this host has seen")
+    s.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
+    s.add_argument("--init", action="store_true",
+                   help="create the volume first when VOLUME holds none (init's options "
+                        "from the environment), and MOUNTPOINT when missing")
     s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    s = sub.add_parser("health", help="exit 0 when a mount answers (health/startup probes)")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long the mount has to answer (default 5)")
 
     s = sub.add_parser("umount", help="flush, unmount and wait for the daemon to exit")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -103,17 +128,123 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _init_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--store", action="append", metavar="URL",
+                   help="store URL: file:///abs/path or /abs/path (repeat, one per store)")
+    s.add_argument("--stores-file", metavar="PATH",
+                   help="a file naming the stores, one URL a line (# comments)")
+    s.add_argument("--data-shares", type=int, metavar="K", help="shares needed to read (K)")
+    s.add_argument("--parity-shares", type=int, metavar="M", help="stores that may fail (M)")
+    s.add_argument("--chunk-size", metavar="SIZE", help="chunk size (default 4M)")
+    s.add_argument("--segment-size", metavar="SIZE",
+                   help="encryption unit inside a chunk (default 64K): the least a read fetches")
+    s.add_argument("--snapshot-interval", type=float, metavar="SECONDS",
+                   help="publish the metadata to the stores this often while it changes "
+                        "(default 60; 0: only at unmount and on demand)")
+    s.add_argument("--gc-grace", type=float, metavar="SECONDS",
+                   help="keep replaced data this long after a snapshot without it is "
+                        "published, for followers (default: 3 snapshot intervals)")
+    s.add_argument("--key-file", metavar="PATH",
+                   help="key file: created (mode 0600) if missing, else used "
+                        "(default: VOLUME/fusefs.key)")
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def apply_environment(p: argparse.ArgumentParser, args: argparse.Namespace,
+                      environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Fill options the command line left out from ENVIRONMENT; usage errors (exit 2) for
+    what is still missing or malformed."""
+    for (command, dest), name in ENVIRONMENT.items():
+        value = environ.get(name, "")
+        if command != args.command or not hasattr(args, dest) or not value.strip():
+            continue
+        current = getattr(args, dest)
+        if current not in (None, False, []):
+            continue
+        if dest == "store":
+            setattr(args, dest, value.replace(",", " ").split())
+        elif dest in ("data_shares", "parity_shares", "snapshot_interval", "gc_grace"):
+            try:
+                setattr(args, dest, (int if dest.endswith("shares") else float)(value))
+            except ValueError:
+                p.error(f"{name}={value!r} is not a number")
+        elif dest in ("read_only", "allow_other", "init", "follow"):
+            setattr(args, dest, _flag(value))
+        else:
+            setattr(args, dest, value)
+    if args.command in ("init", "mount") and not args.volume:
+        p.error(f"{args.command}: VOLUME is required (or set FUSEFS_VOLUME)")
+    if args.command in ("mount", "health") and not args.mountpoint:
+        p.error(f"{args.command}: MOUNTPOINT is required (or set FUSEFS_MOUNTPOINT)")
+
+
+def read_stores_file(path: str) -> list[str]:
+    """Store URLs from a file (a mounted ConfigMap): one a line, blank lines and # comments
+    ignored."""
+    try:
+        text = open(path).read()  # noqa: SIM115 - closed at once
+    except OSError as e:
+        raise FusefsError(f"cannot read stores file {path}: {e.strerror}") from None
+    urls = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [u for u in urls if u]
+
+
+def init_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ = os.environ
+              ) -> argparse.Namespace:
+    """`init`'s options for `mount --init`: taken from the environment (ENVIRONMENT)."""
+    ns = argparse.Namespace(command="init", volume=args.volume, store=None, stores_file=None,
+                            data_shares=None, parity_shares=None, chunk_size=None,
+                            segment_size=None, snapshot_interval=None, gc_grace=None,
+                            key_file=args.key_file, if_missing=True)
+    apply_environment(_parser(), ns, environ)
+    return ns
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from fusefs.admin import init_volume
+    from fusefs.volumedir import VolumeDir
+
+    if args.if_missing and VolumeDir(args.volume).is_volume():
+        return 0
+    stores = list(args.store or [])
+    if args.stores_file:
+        stores += read_stores_file(args.stores_file)
+    if not stores:
+        raise FusefsError("init needs stores: --store URL (repeat), --stores-file PATH, or "
+                          "FUSEFS_STORES / FUSEFS_STORES_FILE")
+    args.store = stores
+    args.chunk_size = args.chunk_size or "4M"
+    init_volume(args)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from fusefs.lifecycle import health
+
+    problem = health(args.mountpoint, args.timeout)
+    if problem:
+        print(f"fusefs: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)  # exits 2 on usage errors
+    p = _parser()
+    args = p.parse_args(argv)  # exits 2 on usage errors
+    apply_environment(p, args)
     os.umask(0o077)
     try:
         if args.command == "init":
-            from fusefs.admin import init_volume
-
-            init_volume(args)
-            return 0
+            return cmd_init(args)
         if args.command == "mount":
             return cmd_mount(args)
+        if args.command == "health":
+            rc = cmd_health(args)
+            sys.stdout.flush()
+            os._exit(rc)  # a probe thread may still wait for a hung mount
         if args.command == "umount":
             return cmd_umount(args.mountpoint)
         if args.command == "scrub":
@@ -153,13 +284,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from fusefs import lifecycle
     from fusefs.mount import MountOptions, preflight, serve
     from fusefs.volumedir import VolumeDir
 
     vd = VolumeDir(args.volume)
+    if args.metrics:
+        from fusefs.metrics import parse_address
+
+        parse_address(args.metrics)  # a wrong address is refused before anything starts
+    if args.foreground:
+        lifecycle.terminate_on_sigterm()  # PID 1 of a container: until the loop listens
+    if args.init:
+        if not vd.is_volume():
+            cmd_init(init_args(args))
+        if not os.path.lexists(args.mountpoint):
+            os.makedirs(args.mountpoint, mode=0o755)
     opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other,
-                        follow=args.follow, accept_older=args.accept_older_snapshot)
+                        metrics=args.metrics, follow=args.follow,
+                        accept_older=args.accept_older_snapshot)
     if not args.foreground:
+        vd.load()  # refuse a non-volume before touching the mountpoint
+        cleaned = lifecycle.clean_dead_mount(args.mountpoint)
+        if cleaned:
+            print(f"fusefs: warning: {cleaned}", file=sys.stderr)
+            lifecycle.note_in_volume_log(vd, cleaned)
         for line in preflight(vd, args.key_file, args.mountpoint, opts):
             print(f"fusefs: warning: {line}", file=sys.stderr)
         return _spawn_daemon(vd, args)
@@ -176,6 +325,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     vd.load()  # the log lives in the volume: refuse a non-volume before creating a file
     vd.log_here(to_stderr=args.ready_fd is None)
     vd.make_private()  # a directory left open by an older fusefs
+    if args.ready_fd is None:  # started by hand or by a container (the parent cleaned)
+        lifecycle.clean_dead_mount(args.mountpoint)
     try:
         serve(vd, args.key_file, args.mountpoint, opts, ready)
     except FusefsError:
@@ -204,6 +355,8 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
         cmd.append("--follow")
     if args.accept_older_snapshot:
         cmd.append("--accept-older-snapshot")
+    if args.metrics:
+        cmd += ["--metrics", args.metrics]
     with os.fdopen(create_private(vd.log), "ab") as logf:
         proc = subprocess.Popen(cmd, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, cwd="/")

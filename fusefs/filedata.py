@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import trio
 
+from fusefs import metrics
 from fusefs.errors import ChunkUnrecoverable, FsError, StoreError, StoreFull
 from fusefs.meta.repo import ChunkRow, InodeRow, MetaRepo
 from fusefs.volume import Volume
@@ -123,12 +124,14 @@ class FileData:
         while True:
             data = self.cache.get(key)
             if data is not None:
+                metrics.cache_hit()
                 return data
             pending = self.cache.loading.get(key)
             if pending is None:
                 break
             await pending.wait()
         done = self.cache.loading[key] = trio.Event()
+        metrics.cache_miss()
         try:
             data = await self.volume.read_chunk(self.ino, self.file_id, row)
             self.cache.put(key, data)
@@ -196,6 +199,7 @@ class FileData:
                 and key not in self.cache.loading:
             got = await self.volume.read_span(self.file_id, row, a, min(b, row.length))
             if got is not None:
+                metrics.cache_miss()
                 return _zero_fill(got, b - a)
         data = await self.load(row)
         if b <= len(data):

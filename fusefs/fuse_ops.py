@@ -16,6 +16,7 @@ from typing import Any
 
 import pyfuse3
 
+from fusefs import metrics
 from fusefs.errors import FsError
 from fusefs.meta.repo import InodeRow
 from fusefs.vfs import FileSystem
@@ -30,17 +31,25 @@ _READDIR_BATCH = 32  # a readdirplus reply (one page) holds ~24 entries: fetch l
 
 
 def translate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    op = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = metrics.fuse_started()
         try:
             return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as e:
+            metrics.fuse_error(op, e.errno)
             raise
         except FsError as e:
+            metrics.fuse_error(op, e.errno)
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
-            log.exception("internal error in %s", fn.__name__)
+            log.exception("internal error in %s", op)
+            metrics.fuse_error(op, errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            metrics.fuse_done(op, t0)
 
     return wrapper
 
@@ -146,11 +155,15 @@ class FuseOps(pyfuse3.Operations):
 
     @translate
     async def read(self, fh, off, size):
-        return await self.fs.read(fh, off, size)
+        data = await self.fs.read(fh, off, size)
+        metrics.bytes_read(len(data))
+        return data
 
     @translate
     async def write(self, fh, off, buf):
-        return await self.fs.write(fh, off, buf)
+        n = await self.fs.write(fh, off, buf)
+        metrics.bytes_written(n)
+        return n
 
     @translate
     async def flush(self, fh):

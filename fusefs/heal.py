@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from fusefs import metrics
 from fusefs.chunkread import ChunkReader
 from fusefs.codec import erasure
 from fusefs.codec.checksum import digest
@@ -70,6 +71,7 @@ class Healer:
                 self.meta.queue_repair(row.oid, i, ino, row.idx, why, now)
                 self.events.record(why, action="queued", store=self.lay.url_of(row, i),
                                    obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)
+                metrics.heal("queued")
             self._overflowed = True
             return
         self._healing.add(row.oid)
@@ -124,6 +126,7 @@ class Healer:
         for i, why in sorted(bad.items()):
             actions[i] = action = await self._rewrite(ino, row, i, why, fresh[i],
                                                       still_needed)
+            metrics.heal(action)
             self.events.record(why, action=action, store=self.lay.url_of(row, i),
                                obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
                                version=row.oid)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from fusefs import lifecycle, metrics
 from fusefs.codec import erasure
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 class MountOptions:
     read_only: bool = False
     allow_other: bool = False
+    metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (None: off)
     follow: bool = False  # a follower: switch to each newly published snapshot
     accept_older: bool = False  # a follower: accept a snapshot older than one seen before
 
@@ -120,7 +122,8 @@ def serve(vd: VolumeDir, key_file: str | None, mountpoint: str, opts: MountOptio
         raise
     try:
         vd.write_pid()
-        trio.run(_serve, vd, cfg, keys, mp, opts, ready)
+        with lifecycle.metrics_served(opts.metrics, vd, ready):
+            trio.run(_serve, vd, cfg, keys, mp, opts, ready)
         vd.pid.unlink(missing_ok=True)  # only a clean exit removes it
     finally:
         os.close(lock_fd)
@@ -163,6 +166,7 @@ async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRe
                 opts: MountOptions) -> tuple[Volume, FileSystem, Follower | None]:
     """The volume behind a mount, checked and, after a crash, put in order."""
     stores = [open_store(u) for u in cfg.stores]
+    metrics.instrument_stores(stores)
     events = EventLog(vd.events)
     volume = Volume(cfg, keys, stores, meta, events, writable=not opts.read_only,
                     state_dir=vd.path)
@@ -213,7 +217,7 @@ async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: FileSystem,
                 follower.on_switch = partial(_switched, fs)
                 nursery.start_soon(follower.run)
             await nursery.start(ControlServer(vd.path, volume).serve)
-            nursery.start_soon(_stop_on_signal, signalled)
+            nursery.start_soon(_stop_on_signal, signalled, mp)
             nursery.start_soon(_announce_when_serving, mp, ready)
             await pyfuse3.main()
             # main() returns when the kernel unmounted us (fusermount -u) or on a signal
@@ -278,13 +282,15 @@ async def _announce_when_serving(mp: Path, ready: Callable[[str | None], None]) 
     ready(None)
 
 
-async def _stop_on_signal(signalled: list[int]) -> None:
-    """SIGTERM/SIGINT: stop serving; `_serve` flushes and unmounts on the way out."""
+async def _stop_on_signal(signalled: list[int], mp: Path) -> None:
+    """SIGTERM/SIGINT: stop serving; `_serve` flushes and unmounts on the way out. A second
+    one while that runs detaches the mount and exits at once (`lifecycle.force_exit`)."""
     import pyfuse3
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
+            if signalled:
+                lifecycle.force_exit(mp, signum)
             log.info("signal %d: unmounting", signum)
             signalled.append(signum)
             pyfuse3.terminate()
-            return

@@ -1,5 +1,6 @@
 """`fusefs scrub`: run a scrub in the mount daemon (mounted) or here (unmounted), show
-progress on a terminal, print the report. Exit 0 when healthy, 1 when damage remains."""
+progress (a bar on a terminal, plain lines elsewhere), print the report. Exit 0 when
+healthy, 1 when damage remains."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import trio
 
 from fusefs.errors import ConfigError, FusefsError
+from fusefs.progress import Progress
 from fusefs.volumedir import VolumeDir, resolve_target
 
 
@@ -19,7 +21,8 @@ def scrub(args: argparse.Namespace) -> int:
     rate = args.rate * 1e6 if args.rate else None
     if rate is not None and rate <= 0:
         raise ConfigError("--rate must be positive")
-    bar = _ProgressBar(enabled=sys.stderr.isatty() and not args.json)
+    # a bar on a terminal (not with --json), plain lines elsewhere (logs, CI)
+    bar = Progress("scrub", "chunk", bar=sys.stderr.isatty() and not args.json)
     try:
         if mounted is not None:
             report = _scrub_mounted(vd, not args.no_repair, rate, bar)
@@ -78,30 +81,6 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
             meta.close()
     finally:
         os.close(lock_fd)
-
-
-class _ProgressBar:
-    """tqdm on a terminal; silent otherwise (scripts, CI, --json)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._bar = None
-        self.enabled = enabled
-
-    def update(self, done: int, total: int, nbytes: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="chunk", desc="scrub", file=sys.stderr)
-        self._bar.total = max(total, done)
-        self._bar.n = done
-        self._bar.set_postfix_str(f"{nbytes / 1e6:.0f} MB read", refresh=False)
-        self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _print_report(r: dict) -> None:

@@ -21,7 +21,10 @@ LOWER = ("fusefs.codec", "fusefs.stores", "fusefs.meta", "fusefs.layout", "fusef
          "fusefs.workers", "fusefs.shareio", "fusefs.chunkread", "fusefs.chunkwrite",
          "fusefs.durability", "fusefs.heal", "fusefs.scrub")
 UPPER = ("fusefs.volume", "fusefs.filedata", "fusefs.vfs", "fusefs.fuse_ops", "fusefs.mount",
-         "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli")
+         "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli",
+         "fusefs.lifecycle")
+# Imported by every layer, so it imports nothing from the package but these.
+EVERYONES = {"fusefs.metrics": {"fusefs.errors"}}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -127,3 +130,18 @@ def test_only_the_adapter_and_the_composition_root_import_pyfuse3() -> None:
             if "pyfuse3" in names:
                 users.add(module_name(path))
     assert users == FUSE_MODULES
+
+
+@pytest.mark.parametrize("module", sorted(EVERYONES))
+def test_modules_every_layer_imports_import_almost_nothing(module: str) -> None:
+    graph = import_graph()
+    assert graph[module] <= EVERYONES[module], f"{module} imports {sorted(graph[module])}"
+
+
+def test_metrics_do_not_import_prometheus_client_at_import_time() -> None:
+    """Off by default, so a mount without --metrics pays nothing for the library."""
+    tree = ast.parse((PACKAGE / "metrics.py").read_text())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not any(str(n).startswith("prometheus_client") for n in names), names
