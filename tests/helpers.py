@@ -174,6 +174,7 @@ def create_volume(
     k: int = 3,
     m: int = 2,
     chunk_size: int | None = None,
+    segment_size: int | None = None,
     key: Path | None = None,
 ) -> Volume:
     """`fusefs init` a volume BASE/NAME over N fresh store directories BASE/NAME-stores/sI."""
@@ -189,6 +190,8 @@ def create_volume(
     args += ["--data-shares", k, "--parity-shares", m, "--key-file", key]
     if chunk_size is not None:
         args += ["--chunk-size", chunk_size]
+    if segment_size is not None:
+        args += ["--segment-size", segment_size]
     assert_ok(run_fusefs(*args))
     assert key.is_file(), f"init did not write the key file {key}"
     return vol
