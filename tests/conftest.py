@@ -115,7 +115,8 @@ def _fuse_hang_watchdog(request: pytest.FixtureRequest):
 
 @pytest.fixture
 def volume(tmp_path: Path):
-    """Factory: volume(name=None, n_stores=5, k=3, m=2, chunk_size=None, key=None) -> Volume."""
+    """Factory: volume(name=None, n_stores=5, k=3, m=2, chunk_size=None, segment_size=None,
+    key=None) -> Volume."""
     counter = itertools.count()
 
     def factory(name: str | None = None, **kwargs) -> helpers.Volume:

@@ -176,6 +176,7 @@ def create_volume(
     chunk_size: int | None = None,
     gc_grace: float | None = 0,
     snapshot_interval: float | None = None,
+    segment_size: int | None = None,
     key: Path | None = None,
 ) -> Volume:
     """`fusefs init` a volume BASE/NAME over N fresh store directories BASE/NAME-stores/sI."""
@@ -195,6 +196,8 @@ def create_volume(
         args += ["--gc-grace", gc_grace]  # for followers (tests that want one ask for it)
     if snapshot_interval is not None:
         args += ["--snapshot-interval", snapshot_interval]
+    if segment_size is not None:
+        args += ["--segment-size", segment_size]
     assert_ok(run_fusefs(*args))
     assert key.is_file(), f"init did not write the key file {key}"
     return vol
