@@ -332,8 +332,8 @@ class FileData:
         syncs the stores and the metadata journal (power loss), as fsync(2) must; close(2)
         leaves that to the periodic durability pass (`durability.DURABILITY_INTERVAL`).
         """
-        for idx in sorted(self.dirty):
-            await self._start_flush(idx)
+        while self.dirty:  # re-read each time: a write meanwhile may have sealed a chunk
+            await self._start_flush(min(self.dirty))
         await self.wait_inflight()
         if self.error is not None:
             e, self.error = self.error, None

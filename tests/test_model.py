@@ -91,10 +91,10 @@ ACCESS = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}
 HANDLE = st.integers(0, 63)  # an index into the open handles (modulo their number)
 FILE = st.sampled_from(NAMES)
 ACCESS_MODES = st.sampled_from(["rw", "w", "r"])  # read-write first: examples shrink to it
-# fusefs bug (test_flush_while_a_write_fills_a_listed_chunk): a flush or release served while
-# a write to the same file is in progress can fail. Until it is fixed the machine sends a read
-# instead; set this to True with the fix (that test then passes and must lose its xfail).
-FLUSH_DURING_WRITE_WORKS = False
+# A flush or release served while a write to the same file is in progress used to fail (see
+# test_flush_while_a_write_fills_a_listed_chunk); False would make the machine send a read
+# instead, should such a race come back and need to be kept out of CI while it is fixed.
+FLUSH_DURING_WRITE_WORKS = True
 # Calls that must fail, in one rule so they do not crowd out the ones that do something.
 MISUSES = ["create d", "open d", "truncate d", "unlink d", "rename to d", "write read-only"]
 MOUNT_MISUSES = [*MISUSES, "read write-only", "ftruncate read-only"]
@@ -655,9 +655,6 @@ def test_vfs_matches_model(tmp_path: Path, background: bool) -> None:
     run_state_machine_as_test(machine, settings=machine_settings(VFS_EXAMPLES[background], 50))
 
 
-@pytest.mark.xfail(strict=True, reason="fusefs bug: FileData.flush() iterates a snapshot of "
-                   "its dirty chunks; a concurrent write that fills one of them seals it "
-                   "first, and flush's _start_flush() then fails (KeyError -> EIO on close)")
 def test_flush_while_a_write_fills_a_listed_chunk(tmp_path: Path) -> None:
     """Found by VfsMachine.concurrently. Two dirty chunks; a flush (close(2) of a descriptor)
     and a write that fills the second chunk arrive together, as the kernel sends them. The
