@@ -100,6 +100,36 @@ def _hkdf(master: bytes, salt: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=label).derive(master)
 
 
+def _extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract (RFC 5869) with SHA-256: the pseudorandom key of `ikm`."""
+    return hmac.digest(salt, ikm, "sha256")
+
+
+def _expand(prk: bytes, info: bytes) -> bytes:
+    """HKDF-Expand for one 32-byte output: HMAC(prk, info || 0x01). With `_extract` this is
+    exactly `_hkdf`, but the extract step of a key used for many derivations (the master
+    key, a file key) is done once, and the expand is one HMAC call (~2 us instead of ~4 us
+    for a new HKDF object: a cold read of a small file derives a file and a chunk key)."""
+    return hmac.digest(prk, info + b"\x01", "sha256")
+
+
+class _FileKey:
+    """One file's key, its extract for chunk keys (format 3) and its AES-GCM (format 2)."""
+
+    __slots__ = ("key", "prk", "_aead")
+
+    def __init__(self, key: bytes, volume_id: bytes) -> None:
+        self.key = key
+        self.prk = _extract(volume_id, key)
+        self._aead: AESGCM | None = None
+
+    @property
+    def aead(self) -> AESGCM:
+        if self._aead is None:
+            self._aead = AESGCM(self.key)
+        return self._aead
+
+
 class VolumeKeys:
     """Keys of one volume, derived once from the master key and the volume id."""
 
@@ -111,7 +141,8 @@ class VolumeKeys:
         self._marker_key = _hkdf(master, volume_id, b"fusefs store marker")
         self._snapshot_key = _hkdf(master, volume_id, b"fusefs snapshot names")
         self.head_aead = AESGCM(_hkdf(master, volume_id, b"fusefs head"))
-        self._file_keys: OrderedDict[bytes, tuple[bytes, AESGCM]] = OrderedDict()
+        self._master_prk = _extract(volume_id, master)
+        self._file_keys: OrderedDict[bytes, _FileKey] = OrderedDict()
         self._chunk_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._lock = threading.Lock()  # worker threads (fast read path) share the caches
 
@@ -119,15 +150,15 @@ class VolumeKeys:
         """True when this key produced `check_value` (constant-time compare)."""
         return hmac.compare_digest(self.check_value, check_value)
 
-    def _file_key(self, file_id: bytes) -> tuple[bytes, AESGCM]:
-        """One file's key and its AES-256-GCM instance (LRU-cached)."""
+    def _file_key(self, file_id: bytes) -> _FileKey:
+        """One file's key (LRU-cached)."""
         with self._lock:
             found = self._file_keys.get(file_id)
             if found is not None:
                 self._file_keys.move_to_end(file_id)
                 return found
-        key = _hkdf(self._master, self._volume_id, b"fusefs file key" + file_id)
-        found = (key, AESGCM(key))
+        found = _FileKey(_expand(self._master_prk, b"fusefs file key" + file_id),
+                         self._volume_id)
         with self._lock:
             self._file_keys[file_id] = found
             if len(self._file_keys) > _FILE_KEY_CACHE:
@@ -136,7 +167,7 @@ class VolumeKeys:
 
     def file_aead(self, file_id: bytes) -> AESGCM:
         """The AES-256-GCM instance of one file (format 2)."""
-        return self._file_key(file_id)[1]
+        return self._file_key(file_id).aead
 
     def chunk_aead(self, file_id: bytes, oid: bytes) -> AESGCM:
         """The AES-256-GCM instance of one chunk version (format 3; LRU-cached by oid)."""
@@ -145,8 +176,7 @@ class VolumeKeys:
             if aead is not None:
                 self._chunk_aeads.move_to_end(oid)
                 return aead
-        aead = AESGCM(_hkdf(self._file_key(file_id)[0], self._volume_id,
-                            b"fusefs chunk key" + oid))
+        aead = AESGCM(_expand(self._file_key(file_id).prk, b"fusefs chunk key" + oid))
         with self._lock:
             self._chunk_aeads[oid] = aead
             if len(self._chunk_aeads) > _CHUNK_KEY_CACHE:
