@@ -203,6 +203,25 @@ def create_volume(
     return vol
 
 
+def mixed_volume(tmp_path: Path, server, k: int, m: int, n_local: int
+                 ) -> tuple[Volume, list[str], list[str]]:
+    """A volume of `n_local` local stores followed by k + m - n_local buckets of the S3 test
+    server `server`; returns it, the bucket names and every store URL."""
+    local = [tmp_path / f"local{i}" for i in range(n_local)]
+    for d in local:
+        d.mkdir()
+    buckets = [server.create_bucket(f"{tmp_path.name.lower()[:40]}-{i}".replace("_", "-"))
+               for i in range(k + m - n_local)]
+    urls = [f"file://{d}" for d in local] + [
+        f"s3://{b}/vol?endpoint={server.endpoint}" for b in buckets]
+    key = tmp_path / "key"
+    args: list[object] = ["init", tmp_path / "vol"]
+    for u in urls:
+        args += ["--store", u]
+    assert_ok(run_fusefs(*args, "--data-shares", k, "--parity-shares", m, "--key-file", key))
+    return Volume(tmp_path / "vol", local, key, k, m), buckets, urls
+
+
 # --------------------------------------------------------------------------------------------
 # Mounts
 # --------------------------------------------------------------------------------------------
@@ -386,6 +405,17 @@ class Mounter:
         with _REGISTRY_LOCK, contextlib.suppress(ValueError):
             _ALL_MOUNTERS.remove(self)
         return problems
+
+
+def copy_in(vol: Volume, src: Path, mnt: Path) -> None:
+    """Copy the tree `src` to `tree/` of the volume through a mount at `mnt`, then unmount."""
+    m = Mounter()
+    try:
+        shutil.copytree(src, m.mount(vol, mnt) / "tree")
+        m.umount(mnt)
+    finally:
+        problems = m.cleanup()
+    assert not problems, problems
 
 
 def _teardown(rec: MountRecord) -> list[str]:

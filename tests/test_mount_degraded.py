@@ -26,6 +26,7 @@ from helpers import (
     Volume,
     assert_tree,
     copy_dir,
+    copy_in,
     create_volume,
     drop_cache,
     rand_bytes,
@@ -51,14 +52,7 @@ class Pristine:
         self.layout = tree_layout(sizes)
         src = base / "src"
         self.expected = write_tree(src, self.layout, seed="degraded")
-        m = Mounter()
-        try:
-            mnt = m.mount(self.vol, base / "mnt-write")
-            shutil.copytree(src, mnt / "tree")
-            m.umount(mnt)
-        finally:
-            problems = m.cleanup()
-        assert not problems, problems
+        copy_in(self.vol, src, base / "mnt-write")
         for i in range(N_STORES):
             assert self.vol.objects(i), f"store {i} holds no share object after writing"
         self.snapshot = Snapshot(self.vol, base / "saved")

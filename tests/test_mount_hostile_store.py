@@ -35,6 +35,7 @@ from helpers import (
     Volume,
     assert_event_vocabulary,
     assert_tree,
+    copy_in,
     create_volume,
     read_events,
     scrub_json,
@@ -61,14 +62,7 @@ class Pristine:
                                    3 * cs])
         src = base / "src"
         self.expected = write_tree(src, self.layout, seed="hostile")
-        m = Mounter()
-        try:
-            mnt = m.mount(self.vol, base / "mnt-write")
-            shutil.copytree(src, mnt / "tree")
-            m.umount(mnt)
-        finally:
-            problems = m.cleanup()
-        assert not problems, problems
+        copy_in(self.vol, src, base / "mnt-write")
         self.snapshot = Snapshot(self.vol, base / "saved")
 
     def restore(self) -> Volume:

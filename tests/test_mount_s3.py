@@ -11,9 +11,8 @@ import pytest
 from helpers import (
     MiB,
     Mounter,
-    Volume,
     assert_fails,
-    assert_ok,
+    mixed_volume,
     rand_bytes,
     read_uncached,
     run_fusefs,
@@ -23,24 +22,9 @@ from helpers import (
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
 
-def mixed_volume(tmp_path: Path, server, k: int, m: int) -> tuple[Volume, list[str]]:
-    local = [tmp_path / f"local{i}" for i in range(2)]
-    for d in local:
-        d.mkdir()
-    buckets = [server.create_bucket(f"{tmp_path.name.lower()[:40]}-{i}".replace("_", "-"))
-               for i in range(3)]
-    urls = [f"file://{d}" for d in local] + [
-        f"s3://{b}/vol?endpoint={server.endpoint}" for b in buckets]
-    key = tmp_path / "key"
-    args: list[object] = ["init", tmp_path / "vol"]
-    for u in urls:
-        args += ["--store", u]
-    assert_ok(run_fusefs(*args, "--data-shares", k, "--parity-shares", m, "--key-file", key))
-    return Volume(tmp_path / "vol", local, key, k, m), buckets
-
 
 def test_mixed_local_and_s3_volume(tmp_path: Path, s3_server, mounter: Mounter) -> None:
-    vol, _ = mixed_volume(tmp_path, s3_server, 3, 2)
+    vol, _, _ = mixed_volume(tmp_path, s3_server, 3, 2, 2)
     mnt = mounter.mount(vol, tmp_path / "mnt")
     files = {f"d/f{i}.bin": rand_bytes(size, i)
              for i, size in enumerate([0, 1, 4097, MiB, 3 * MiB + 17])}
@@ -65,7 +49,7 @@ def test_s3_outage_and_recovery(tmp_path: Path, mounter: Mounter) -> None:
     use_test_credentials()
     server = S3Server().start()
     try:
-        vol, buckets = mixed_volume(tmp_path, server, 2, 3)
+        vol, buckets, _ = mixed_volume(tmp_path, server, 2, 3, 2)
         mnt = mounter.mount(vol, tmp_path / "mnt")
         files = {f"f{i}.bin": rand_bytes(MiB + 1000 * i, f"o{i}") for i in range(4)}
         for rel, data in files.items():

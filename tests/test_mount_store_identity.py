@@ -24,10 +24,10 @@ from helpers import (
     assert_ok,
     assert_tree,
     is_mounted,
+    mixed_volume,
     rand_bytes,
     read_events,
     read_uncached,
-    run_fusefs,
     scrub_json,
     snapshot_files,
     status_json,
@@ -113,24 +113,6 @@ def test_damaged_or_foreign_markers_do_not_deny_the_volume(volume, mounter: Moun
         "a store whose marker was damaged or foreign was written to or deleted from")
 
 
-def _mixed_volume(tmp_path: Path, server) -> tuple:
-    """3 local stores and 2 S3 buckets, K=3, M=2."""
-    from helpers import Volume
-
-    local = [tmp_path / f"local{i}" for i in range(3)]
-    for d in local:
-        d.mkdir()
-    buckets = [server.create_bucket(f"{tmp_path.name.lower()[:40]}-{i}".replace("_", "-"))
-               for i in range(2)]
-    urls = [f"file://{d}" for d in local] + [
-        f"s3://{b}/vol?endpoint={server.endpoint}" for b in buckets]
-    key = tmp_path / "key"
-    args: list[object] = ["init", tmp_path / "vol"]
-    for u in urls:
-        args += ["--store", u]
-    assert_ok(run_fusefs(*args, "--data-shares", 3, "--parity-shares", 2, "--key-file", key))
-    return Volume(tmp_path / "vol", local, key, 3, 2), buckets, urls
-
 
 def test_a_volume_mounts_while_its_s3_stores_are_down(tmp_path: Path,
                                                       mounter: Mounter) -> None:
@@ -140,7 +122,7 @@ def test_a_volume_mounts_while_its_s3_stores_are_down(tmp_path: Path,
     use_test_credentials()
     server = S3Server().start()
     try:
-        vol, buckets, urls = _mixed_volume(tmp_path, server)
+        vol, buckets, urls = mixed_volume(tmp_path, server, 3, 2, 3)
         mnt = mounter.mount(vol, tmp_path / "mnt")
         files = {f"f{i}.bin": rand_bytes(MiB // 2 + 1000 * i, f"s3-{i}") for i in range(4)}
         for rel, data in files.items():
