@@ -77,18 +77,35 @@ class Durability:
         self.may_delete: Callable[[], Awaitable[bool]] | None = None
         self.deletes = True  # False: a host that must not delete anything (read-only)
         self._waiting = False  # garbage is waiting for its grace period to pass
+        self._pressure_logged = False
 
     def _deletable(self) -> list[tuple[int, bytes, bytes]]:
-        if self.grace is None:
+        if self.grace is None or self._short_of_space():
             return self.meta.garbage()
         return self.meta.garbage(published_before_ns=time.time_ns() - int(self.grace * 1e9))
+
+    def _short_of_space(self) -> bool:
+        """A store refused a write for space: replaced shares go now, without waiting for a
+        published snapshot or the followers' grace period. Otherwise a full disk could never
+        be freed (publishing a snapshot needs space too). The price, only until the next
+        snapshot is published: a follower, or a `recover` from the last snapshot, finds
+        those old versions unreadable (EIO, never wrong bytes)."""
+        full = [si for si in range(len(self.lay.stores)) if self.health.full(si)]
+        if full and not self._pressure_logged:
+            self._pressure_logged = True
+            log.warning("store %s is full: replaced shares are deleted without waiting for "
+                        "a published snapshot or the grace period",
+                        ", ".join(self.lay.stores[si].url for si in full))
+        return bool(full)
 
     async def make_durable(self, *, wait_for_garbage: bool = False) -> None:
         """Make every completed write durable, then delete the shares it replaced.
 
         A store that is down is skipped: its shares are not counted on (quorum, repairs).
-        `wait_for_garbage` (unmount) lets a background pass finish and deletes inline.
+        `wait_for_garbage` (unmount) lets a background pass finish and deletes inline; so
+        does a store out of space (the fsync returns once space was freed).
         """
+        wait_for_garbage = wait_for_garbage or self._short_of_space()
         if wait_for_garbage and self._collection is not None:
             await self._collection.wait()
         changes = self.meta.total_changes()

@@ -113,13 +113,18 @@ def health(mountpoint: str, timeout: float = HEALTH_TIMEOUT) -> str | None:
     if got is False:
         return f"{path} does not answer (no reply within {timeout:g} s)"
     if isinstance(got, OSError):
-        if got.errno == errno.ENOTCONN:
+        if got.errno in DEAD:
             return f"{path} is a dead mount: its daemon is gone"
         return f"{path}: {got.strerror}"
     return None
 
 
 # -- dead mountpoints --------------------------------------------------------------------
+# What a request to a mount whose daemon is gone fails with: ENOTCONN once the connection
+# is aborted, ECONNABORTED for one sent while it was being aborted (a killed daemon's
+# threads exit one by one; the device closes with the last).
+DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
+
 def clean_dead_mount(mountpoint: str, timeout: float = HEALTH_TIMEOUT) -> str | None:
     """Detach a fusefs mount on MOUNTPOINT whose daemon is gone; return the line logged
     (None when there was nothing to clean). A mount whose daemon is alive, or that is not
@@ -129,7 +134,7 @@ def clean_dead_mount(mountpoint: str, timeout: float = HEALTH_TIMEOUT) -> str | 
     if entry is None or entry.fstype != FSTYPE:
         return None
     got = _statfs_within(path, timeout)
-    if not isinstance(got, OSError) or got.errno != errno.ENOTCONN:
+    if not isinstance(got, OSError) or got.errno not in DEAD:
         return None
     problem = lazy_unmount(path)
     if problem:

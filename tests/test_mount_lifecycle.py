@@ -9,7 +9,6 @@ then a lazy unmount), whatever the test did.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import subprocess
@@ -33,6 +32,8 @@ from helpers import (
     scrub_json,
     wait_until,
 )
+
+from fusefs.lifecycle import DEAD
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,11 +90,12 @@ def foreground(tmp_path: Path, vol, mnt: Path, *extra: object, env=None):
 
 def dead(mnt: Path) -> bool:
     """A mount whose daemon is gone (statfs always asks the daemon; a stat may be answered
-    from the kernel's attribute cache)."""
+    from the kernel's attribute cache). A killed daemon's threads exit one by one, so its
+    pid can look gone while the device is still open: callers wait for this."""
     try:
         os.statvfs(mnt)
     except OSError as e:
-        return e.errno == errno.ENOTCONN
+        return e.errno in DEAD
     return False
 
 
@@ -247,7 +249,8 @@ def test_a_mount_after_kill9_cleans_the_dead_mountpoint(tmp_path: Path, volume,
     pid = read_pid_file(vol.path)
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(pid), 10)
-    assert is_mounted(mnt) and dead(mnt), "expected a dead mount after kill -9"
+    assert is_mounted(mnt) and wait_until(lambda: dead(mnt), 10), (
+        "expected a dead mount after kill -9")
     res = run_fusefs("health", mnt)
     assert res.returncode == 1 and "dead mount" in res.stderr, res.describe()
     mounter.forget(mnt)
@@ -262,7 +265,7 @@ def test_a_mount_after_kill9_cleans_the_dead_mountpoint(tmp_path: Path, volume,
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(pid), 10)
     mounter.forget(mnt)
-    assert dead(mnt)
+    assert wait_until(lambda: dead(mnt), 10)
     with foreground(tmp_path, vol, mnt) as fg:
         fg.wait_live()
         assert "dead fusefs mount" in fg.output(), fg.output()
