@@ -126,11 +126,11 @@ class ChunkReader:
         fewer than k shares are good.
         """
         st = ShareSet(self.lay, row)
-        if self.policy.reads and not every_share:
-            result = await self._read_blocking(file_id, st)
+        if self.policy.reads:
+            result = await self._read_blocking(file_id, st, every_share)
             if result is _HUNG:
                 st = ShareSet(self.lay, row)  # fresh: the abandoned thread may still fill it
-                result = await self._read_async(file_id, st, False)
+                result = await self._read_async(file_id, st, every_share)
         else:
             result = await self._read_async(file_id, st, every_share)
         if result is None:
@@ -143,14 +143,15 @@ class ChunkReader:
         plain, padded = result
         return ChunkRead(plain, st.good, st.bad, padded)
 
-    async def _read_blocking(self, file_id: bytes, st: ShareSet) -> object:
+    async def _read_blocking(self, file_id: bytes, st: ShareSet, every_share: bool
+                             ) -> object:
         """The whole-chunk plan in one blocking call; _HUNG when the disk did not answer."""
         run = BlockingRun(self.lay, self.health.down_now())
         if st.size >= HINT_MIN_SHARE:
             self._will_need(st.row, run.down)
         try:
             return await self.policy.read(st.row.length, run.drive,
-                                          _whole(self.lay, file_id, st, False))
+                                          _whole(self.lay, file_id, st, every_share))
         except trio.TooSlowError:
             return _HUNG  # a hung disk: the hedged path asks around it
         finally:
