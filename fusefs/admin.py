@@ -55,8 +55,11 @@ def init_volume(args: argparse.Namespace) -> None:
     volume_id = os.urandom(16)
     timing = {name: value for name, value in (("snapshot_interval", args.snapshot_interval),
                                               ("gc_grace", args.gc_grace)) if value is not None}
+    packing = {name: parse_size(value) for name, value in (("pack_below", args.pack_below),
+                                                           ("pack_size", args.pack_size))
+               if value is not None}
     cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="",
-                       segment_size=seg, **timing)
+                       segment_size=seg, **timing, **packing)
     validate(cfg)
     trio.run(_prepare_stores, stores)
 

@@ -196,7 +196,11 @@ class ChunkReader:
             si = row.placement[i]
             hint = self.lay.stores[si].will_need_blocking
             if hint is not None and si not in down:
-                hint(self.lay.name(row.oid, i))
+                name, loc = self.lay.where(row, i)
+                if loc is None:
+                    hint(name)
+                else:
+                    hint(name, loc.offset, loc.length)
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str],
                        quiet: bool = False) -> None:
@@ -207,7 +211,7 @@ class ChunkReader:
             self.meta.mark_unreadable(row.oid, ino, row.idx, time.time_ns())
         for i, why in sorted(bad.items()) if not quiet else ():
             self.events.record(why, action="unrecoverable", store=self.lay.url_of(row, i),
-                               obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
+                               obj=self.lay.obj(row, i), inode=ino, chunk=row.idx,
                                version=row.oid)
         raise ChunkUnrecoverable(f"chunk {row.idx} of inode {ino}: fewer than {self.lay.k} "
                                  f"good shares ({len(bad)} of {self.lay.n} bad)")

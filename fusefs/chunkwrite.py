@@ -24,6 +24,7 @@ from fusefs.events import EventLog
 from fusefs.health import UNREACHABLE, StoreHealth
 from fusefs.layout import Layout
 from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.packs import PackWriter
 from fusefs.shareio import AsyncRun, BlockingRun, Compute, Plan, Put
 from fusefs.workers import IoPolicy
 
@@ -41,10 +42,11 @@ def _seal(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memor
 
 
 def _store(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview,
-           where: bytes) -> Plan:
-    """Seal, then put share i on store where[i]. Returns (digests, PutResult)."""
+           where: bytes, packs: PackWriter | None) -> Plan:
+    """Seal, then put share i on store where[i] (into its pack, with `packs`). Returns
+    (digests, PutResult)."""
     shares, digests = yield Compute(len(plain), _seal, (lay, cid, oid, plain))
-    return digests, (yield Put(oid, shares, where))
+    return digests, (yield Put(oid, shares, where, packs))
 
 
 class ChunkWriter:
@@ -57,6 +59,7 @@ class ChunkWriter:
         self.meta = meta
         self.events = events
         self.recheck = recheck  # asked to recheck refused stores when a write lacks some
+        self.packs: PackWriter | None = None  # format 4: where small shares go
         self.nursery: trio.Nursery | None = None  # where hedged puts finish; None: awaited
         self.writing: set[bytes] = set()  # oids whose shares are stored but not committed
         self._arrived: dict[bytes, set[int]] = {}  # pending shares stored before the commit
@@ -69,16 +72,20 @@ class ChunkWriter:
         Returns the row to commit and the shares that could not be stored (at most
         n - quorum; share -> event kind). Raises StoreError when fewer than `quorum` stores
         took a share; what was stored is deleted again and nothing is committed. The oid is
-        random unless given (metadata snapshot objects are named by their content).
+        random unless given (metadata snapshot objects, which are named by their content and
+        never packed: a new host finds them from the heads alone).
         """
         lay = self.lay
+        packs = self.packs if oid is None and lay.packs_here(len(plain)) else None
         oid = os.urandom(16) if oid is None else oid
         cid = chunkcodec.ChunkId(lay.volume_id, file_id, idx, prev_version + 1)
         where = placement.place(oid, lay.n, len(lay.stores))
         refused = {si for si in where if self.health.write_refusal(si) is not None}
         if lay.n - len(refused) < lay.quorum and self.recheck is not None:
             await self.recheck(refused)  # one of them may be back already
-        plan = _store(lay, cid, oid, plain, where)
+        if packs is not None:
+            await packs.prepare(where)
+        plan = _store(lay, cid, oid, plain, where, packs)
         self.writing.add(oid)
         try:
             if self.policy.writes and all(self.health.write_refusal(si) is None
@@ -101,7 +108,8 @@ class ChunkWriter:
         missing = {i: "store_full" if isinstance(e, StoreFull) else UNREACHABLE
                    for i, e in sorted(put.failed.items())}
         missing.update({i: STORE_SLOW for i in put.pending})
-        return ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests)), missing
+        return ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests),
+                        put.row_locs(lay.n)), missing
 
     def forget(self, oid: bytes) -> None:
         """An oid written without a chunk row to commit (a snapshot object) is recorded
@@ -123,7 +131,8 @@ class ChunkWriter:
     async def _undo(self, oid: bytes, where: bytes, failed: dict[int, StoreError]) -> None:
         """Below the write quorum: delete what was stored and raise the most telling error
         ("no space" tells the user most)."""
-        await delete_shares(self.lay, self.health, oid, where, skip=failed)
+        await delete_shares(self.lay, self.health, oid, where, skip=failed)  # (a pack's
+        #                                   members are not deleted: they stay unrecorded)
         first = next((e for e in failed.values() if isinstance(e, StoreFull)),
                      next(iter(failed.values())))
         n = self.lay.n
@@ -145,4 +154,4 @@ class ChunkWriter:
         for i, kind in queued.items():
             if kind != STORE_SLOW:  # still being stored: not damage (yet)
                 self.events.record(kind, action="queued", store=self.lay.url_of(row, i),
-                                   obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)
+                                   obj=self.lay.obj(row, i), inode=ino, chunk=row.idx)

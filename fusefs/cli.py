@@ -1,4 +1,5 @@
-"""The `fusefs` command: init, mount, umount, scrub, status, snapshot, recover, store claim.
+"""The `fusefs` command: init, mount, umount, scrub, compact, status, snapshot, recover,
+store claim.
 
 Exit status: 0 success; 1 failure with a one-line message on stderr; 2 usage error.
 Only `FusefsError` messages are shown to the user; anything else is a bug and is reported as
@@ -39,6 +40,8 @@ ENVIRONMENT = {
     ("init", "chunk_size"): "FUSEFS_CHUNK_SIZE",
     ("init", "snapshot_interval"): "FUSEFS_SNAPSHOT_INTERVAL",
     ("init", "gc_grace"): "FUSEFS_GC_GRACE",
+    ("init", "pack_below"): "FUSEFS_PACK_BELOW",
+    ("init", "pack_size"): "FUSEFS_PACK_SIZE",
     ("init", "key_file"): "FUSEFS_KEY_FILE",
     ("mount", "volume"): "FUSEFS_VOLUME",
     ("mount", "mountpoint"): "FUSEFS_MOUNTPOINT",
@@ -99,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="limit store reads to this many MB/s (spare the readers)")
     s.add_argument("--key-file", metavar="PATH", help="key (unmounted volumes only)")
 
+    s = sub.add_parser("compact", help="copy what packs mostly dead still hold into new "
+                       "packs, and free the rest")
+    s.add_argument("target", metavar="VOLUME|MOUNTPOINT")
+    s.add_argument("--json", action="store_true", help="machine-readable report")
+    s.add_argument("--key-file", metavar="PATH", help="key (unmounted volumes only)")
+
     s = sub.add_parser("status", help="show a volume's state")
     s.add_argument("target", metavar="VOLUME|MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -144,6 +153,11 @@ def _init_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--gc-grace", type=float, metavar="SECONDS",
                    help="keep replaced data this long after a snapshot without it is "
                         "published, for followers (default: 3 snapshot intervals)")
+    s.add_argument("--pack-below", metavar="SIZE",
+                   help="shares smaller than this go into pack objects, one per store "
+                        "(default 256K; 0: every share is an object of its own)")
+    s.add_argument("--pack-size", metavar="SIZE",
+                   help="a pack object is sealed at this size (default 16M)")
     s.add_argument("--key-file", metavar="PATH",
                    help="key file: created (mode 0600) if missing, else used "
                         "(default: VOLUME/fusefs.key)")
@@ -198,6 +212,7 @@ def init_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ = 
     ns = argparse.Namespace(command="init", volume=args.volume, store=None, stores_file=None,
                             data_shares=None, parity_shares=None, chunk_size=None,
                             segment_size=None, snapshot_interval=None, gc_grace=None,
+                            pack_below=None, pack_size=None,
                             key_file=args.key_file, if_missing=True)
     apply_environment(_parser(), ns, environ)
     return ns
@@ -251,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             from fusefs.scrubcli import scrub
 
             return scrub(args)
+        if args.command == "compact":
+            from fusefs.compactcmd import compact
+
+            compact(args.target, args.key_file, as_json=args.json)
+            return 0
         if args.command == "status":
             from fusefs.status import status
 

@@ -10,7 +10,8 @@ anyway) may talk to it, enforced three times over:
   - every connection's peer is checked (SO_PEERCRED: the uid the kernel recorded at
     connect): a stranger gets one error line and is logged, in case the directory was
     opened up by hand or the socket reached through a descriptor passed on.
-Protocol: the client sends one JSON object per line ({"op": "snapshot"}, or
+Protocol: the client sends one JSON object per line ({"op": "snapshot"}, {"op": "compact"},
+or
 {"op": "scrub", "repair": true,
 "rate": null}); the daemon answers with JSON lines: any number of {"progress": [done,
 total, bytes]}, then one {"result": {...}} or {"error": "message"}. The socket is bound
@@ -83,6 +84,8 @@ class ControlServer:
                         await self._scrub(stream, request)
                     elif request.get("op") == "snapshot":
                         await self._snapshot(stream)
+                    elif request.get("op") == "compact":
+                        await self._compact(stream)
                     else:
                         raise FusefsError(f"unknown request {request.get('op')!r}")
                 except (FusefsError, ValueError) as e:
@@ -105,6 +108,14 @@ class ControlServer:
         await self.volume.make_durable()
         seq = await publisher.publish(force=True)
         await _send(stream, {"result": {"seq": seq, "uploaded": publisher.uploaded_bytes}})
+
+    async def _compact(self, stream: trio.SocketStream) -> None:
+        if self.volume.compactor is None:
+            raise FusefsError("this mount does not compact (read-only, or a volume without "
+                              "packs)")
+        report = await self.volume.compact()
+        await self.volume.make_durable()
+        await _send(stream, {"result": report.as_dict()})
 
     async def _scrub(self, stream: trio.SocketStream, request: dict) -> None:
         if self._scrub_lock.locked():

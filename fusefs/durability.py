@@ -26,6 +26,9 @@ from fusefs.meta.repo import ChunkRow, MetaRepo
 log = logging.getLogger(__name__)
 
 DURABILITY_INTERVAL = 5.0  # seconds: like ext4's commit interval, the power-loss window
+# What a durable point may delete: garbage rows (id, oid, placement) and dead packs
+# (pack_garbage id, packs.id, pid, store).
+Deletable = tuple[list[tuple[int, bytes, bytes]], list[tuple[int, int, bytes, int]]]
 
 
 async def delete_batches(lay: Layout, health: StoreHealth, names: dict[int, list[str]]
@@ -79,10 +82,13 @@ class Durability:
         self._waiting = False  # garbage is waiting for its grace period to pass
         self._pressure_logged = False
 
-    def _deletable(self) -> list[tuple[int, bytes, bytes]]:
+    def _deletable(self) -> Deletable:
+        """Garbage rows and dead packs whose objects may go once the next sync is done."""
         if self.grace is None or self._short_of_space():
-            return self.meta.garbage()
-        return self.meta.garbage(published_before_ns=time.time_ns() - int(self.grace * 1e9))
+            return self.meta.garbage(), self.meta.pack_garbage()
+        before = time.time_ns() - int(self.grace * 1e9)
+        return (self.meta.garbage(published_before_ns=before),
+                self.meta.pack_garbage(published_before_ns=before))
 
     def _short_of_space(self) -> bool:
         """A store refused a write for space: replaced shares go now, without waiting for a
@@ -108,6 +114,14 @@ class Durability:
         wait_for_garbage = wait_for_garbage or self._short_of_space()
         if wait_for_garbage and self._collection is not None:
             await self._collection.wait()
+        dead = self.meta.max_pack_garbage_id()
+        await self._durable_point(wait_for_garbage)
+        if wait_for_garbage and self.meta.max_pack_garbage_id() > dead:
+            # Deleting the garbage emptied packs: they may go once that is durable too
+            # (unmount leaves nothing behind that a durable point could delete).
+            await self._durable_point(wait_for_garbage)
+
+    async def _durable_point(self, wait_for_garbage: bool) -> None:
         changes = self.meta.total_changes()
         if changes == self._durable_changes:
             if self._waiting and self._collection is None:
@@ -125,12 +139,14 @@ class Durability:
             self._mark_durable(mark, changes)
         await self._delete(garbage, wait_for_garbage)
 
-    async def _delete(self, garbage: list[tuple[int, bytes, bytes]],
-                      wait_for_garbage: bool) -> None:
-        """Delete durable-replaced shares (in the background when mounted)."""
-        self._waiting = self.grace is not None and self.meta.max_garbage_id() > 0 and (
-            len(garbage) < len(self.meta.garbage(limit=len(garbage) + 1)))
-        if not garbage or not self.deletes:
+    async def _delete(self, garbage: Deletable, wait_for_garbage: bool) -> None:
+        """Delete durable-replaced shares and dead packs (in the background when mounted)."""
+        rows, packs = garbage
+        self._waiting = self.grace is not None and (
+            (self.meta.max_garbage_id() > 0
+             and len(rows) < len(self.meta.garbage(limit=len(rows) + 1)))
+            or len(packs) < len(self.meta.pack_garbage(limit=len(packs) + 1)))
+        if not (rows or packs) or not self.deletes:
             return
         if self.may_delete is not None and not await self.may_delete():
             self._waiting = False  # another writer took over: never again
@@ -173,7 +189,7 @@ class Durability:
         if available < self.lay.quorum:
             raise failures[0] if failures else StoreError("too few stores are available")
 
-    async def _collect_in_background(self, garbage: list[tuple[int, bytes, bytes]]) -> None:
+    async def _collect_in_background(self, garbage: Deletable) -> None:
         try:
             await self._collect(garbage)
         except Exception:
@@ -184,16 +200,29 @@ class Durability:
                 self._collection.set()
             self._collection = None
 
-    async def _collect(self, garbage: list[tuple[int, bytes, bytes]]) -> None:
-        """Delete the shares of durable-replaced chunk versions: one batch per store. A row
-        is done when every store took its deletes; the others stay for the next pass."""
+    async def _collect(self, garbage: Deletable) -> None:
+        """Delete the shares of durable-replaced chunk versions, and dead packs: one batch
+        per store. A row is done when every store took its deletes; the others stay for
+        the next pass. Packed shares are not deleted one by one: forgetting them empties
+        their packs, which go in a later pass (see `meta.garbage_done`)."""
+        rows, packs = garbage
+        locs = self.meta.packed_locs([oid for _, oid, _ in rows])
         names: dict[int, list[str]] = {}
-        for _, oid, where in garbage:
+        stores_of: dict[int, set[int]] = {}  # garbage id -> stores it needs deletes from
+        for gid, oid, where in rows:
+            packed = locs.get(oid)
+            stores_of[gid] = set()
             for i, si in enumerate(where):
-                names.setdefault(si, []).append(self.lay.name(oid, i))
+                if packed is None or packed[i] is None:
+                    names.setdefault(si, []).append(self.lay.name(oid, i))
+                    stores_of[gid].add(si)
+        for _, _, pid, si in packs:
+            names.setdefault(si, []).append(self.lay.pack_name(pid))
         refused = await delete_batches(self.lay, self.health, names)
-        self.meta.garbage_done([gid for gid, _, where in garbage
-                                if not refused.intersection(where)])
+        self.meta.garbage_done([gid for gid, _, _ in rows
+                                if not refused.intersection(stores_of[gid])])
+        self.meta.pack_garbage_done([(gid, pack) for gid, pack, _, si in packs
+                                     if si not in refused])
         if refused - set(self.health.held()):
             self._durable_changes = -1  # a store that is only down now: try again soon
 

@@ -23,7 +23,8 @@ from fusefs.errors import ChunkUnrecoverable, StoreError
 from fusefs.events import EventLog
 from fusefs.health import StoreHealth
 from fusefs.layout import Layout
-from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.meta.repo import ChunkRow, MetaRepo, PackLoc
+from fusefs.packs import PackWriter
 from fusefs.shareio import AUTH
 from fusefs.workers import run_cpu
 
@@ -52,6 +53,7 @@ class Healer:
         self.meta = meta
         self.events = events
         self.nursery: trio.Nursery | None = None  # background heals; None: heal inline
+        self.packs: PackWriter | None = None  # where healed packed shares are appended
         self._healing: set[bytes] = set()  # oids with a heal in progress (no double work)
         self._idle = trio.Event()
         self._idle.set()
@@ -65,7 +67,7 @@ class Healer:
         if not self.writes:
             for i, why in sorted(bad.items()):
                 self.events.record(why, action="reported", store=self.lay.url_of(row, i),
-                                   obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
+                                   obj=self.lay.obj(row, i), inode=ino, chunk=row.idx,
                                    version=row.oid)
             return
         if row.oid in self._healing:
@@ -75,7 +77,7 @@ class Healer:
             for i, why in sorted(bad.items()):
                 self.meta.queue_repair(row.oid, i, ino, row.idx, why, now)
                 self.events.record(why, action="queued", store=self.lay.url_of(row, i),
-                                   obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx)
+                                   obj=self.lay.obj(row, i), inode=ino, chunk=row.idx)
                 metrics.heal("queued")
             self._overflowed = True
             self._overflow_at = trio.current_time()
@@ -145,7 +147,7 @@ class Healer:
                                                       still_needed)
             metrics.heal(action)
             self.events.record(why, action=action, store=self.lay.url_of(row, i),
-                               obj=self.lay.name(row.oid, i), inode=ino, chunk=row.idx,
+                               obj=self.lay.obj(row, i), inode=ino, chunk=row.idx,
                                version=row.oid)
         return actions
 
@@ -187,8 +189,12 @@ class Healer:
         if self.health.write_refusal(si) is not None:  # down, full, or not to be written
             self.meta.queue_repair(row.oid, i, ino, row.idx, why, time.time_ns())
             return "queued"
+        old = row.loc(i)
         try:
-            await self.lay.stores[si].put(self.lay.name(row.oid, i), share)
+            if old is None:
+                await self.lay.stores[si].put(self.lay.name(row.oid, i), share)
+            elif not await self._move(row, i, old, share):
+                return "obsolete"  # moved by another heal meanwhile, or the version went
         except StoreError as e:
             log.warning("heal of share %d of chunk %d on %s failed: %s", i, row.idx,
                         self.lay.stores[si].url, e)
@@ -197,6 +203,16 @@ class Healer:
             return "queued"
         self.meta.repair_done(row.oid, i)
         return "healed"
+
+    async def _move(self, row: ChunkRow, i: int, old: PackLoc, share: erasure.Buffer) -> bool:
+        """A packed share is healed by appending its exact bytes to its store's open pack
+        and pointing the chunk version at the copy (a pack is never written twice; the
+        damaged bytes become dead, and compaction frees them)."""
+        if self.packs is None:
+            raise StoreError(f"store {self.lay.url_of(row, i)}: no pack writer (read-only)")
+        await self.packs.prepare([row.placement[i]])
+        new = await self.packs.append(row.placement[i], share)
+        return self.meta.move_share(row.oid, i, old, new)
 
     async def verify(self, ino: int, file_id: bytes, row: ChunkRow, repair: bool,
                      still_needed: Callable[[], bool] | None = None
@@ -210,7 +226,7 @@ class Healer:
         if not repair:
             for i, why in sorted(bad.items()):
                 self.events.record(why, action="reported", inode=ino, chunk=row.idx,
-                                   store=self.lay.url_of(row, i), obj=self.lay.name(row.oid, i))
+                                   store=self.lay.url_of(row, i), obj=self.lay.obj(row, i))
             return bad, {}
         return bad, await self.heal(ino, row, got.good, bad, got.padded, still_needed)
 

@@ -16,7 +16,7 @@ from fusefs.codec import chunk as chunkcodec
 from fusefs.codec import erasure
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
-from fusefs.meta.repo import ChunkRow
+from fusefs.meta.repo import ChunkRow, PackLoc
 from fusefs.stores.base import Store
 
 ZERO_NONCE_ID = bytes(16)
@@ -42,8 +42,30 @@ class Layout:
             object.__setattr__(self, name, value)
 
     def name(self, oid: bytes, share: int) -> str:
-        """The opaque object name of share `share` of chunk version `oid`."""
+        """The opaque object name of share `share` of chunk version `oid` (when it is an
+        object of its own: see `where`)."""
         return self.keys.object_name(oid, share)
+
+    def pack_name(self, pid: bytes) -> str:
+        """The opaque object name of a pack (format 4)."""
+        return self.keys.pack_name(pid)
+
+    def where(self, row: ChunkRow, share: int) -> tuple[str, PackLoc | None]:
+        """The object holding share `share` of a chunk version, and the share's place in it
+        when that object is a pack (None: the object is the share)."""
+        loc = row.loc(share)
+        if loc is None:
+            return self.keys.object_name(row.oid, share), None
+        return self.keys.pack_name(loc.pid), loc
+
+    def obj(self, row: ChunkRow, share: int) -> str:
+        """How events name a share: its object, or "PACK@OFFSET+LENGTH" inside a pack."""
+        name, loc = self.where(row, share)
+        return name if loc is None else f"{name}@{loc.offset}+{loc.length}"
+
+    def packs_here(self, length: int) -> bool:
+        """Whether the shares of a chunk of `length` plaintext bytes go into packs."""
+        return self.config.packs and self.share_size(length) < self.config.pack_below
 
     def store_of(self, row: ChunkRow, share: int) -> Store:
         return self.stores[row.placement[share]]

@@ -186,6 +186,8 @@ async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRe
         await volume.publisher.check_at_mount()
         volume.publisher.open_for_writing = fs.writing_inodes
     if not opts.read_only:
+        if volume.packs is not None:
+            volume.packs.start()  # packs left open by a crash: sealed (and freed if empty)
         await volume.recover_lost_writes()  # a power loss: before garbage is collected
         await volume.watch.remove_stale_temporaries()  # a kill -9 during a share write
         await fs.collect_unlinked()  # inodes left unlinked-but-open by a crash
@@ -211,6 +213,8 @@ async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: FileSystem,
             nursery.start_soon(volume.healer.run_worker)
             nursery.start_soon(volume.run_durability)
             nursery.start_soon(volume.run_store_watch)
+            if not opts.read_only:
+                nursery.start_soon(volume.run_compaction)
             if volume.publisher is not None:
                 nursery.start_soon(volume.publisher.run)
             if follower is not None and opts.follow:

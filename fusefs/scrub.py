@@ -231,6 +231,9 @@ class Scrubber:
         for oid, where in [*self.meta.all_versions(), *self.also_referenced()]:
             for i, si in enumerate(where):
                 referenced[si].add(self.lay.name(oid, i))
+        for pack in self.meta.all_packs():  # live, sealed, open and dead (until deleted)
+            if pack.store < len(referenced):
+                referenced[pack.store].add(self.lay.pack_name(pack.pid))
         for oid in self.writing:
             for i in range(self.lay.n):
                 name = self.lay.name(oid, i)

@@ -72,8 +72,9 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
                     await volume.recover_lost_writes()  # before garbage is collected
                 report = await volume.scrubber(repair=repair, rate=rate,
                                                progress=bar.update).run()
+                volume.close_packs()
                 if repair:
-                    await volume.make_durable()
+                    await volume.make_durable(wait_for_garbage=True)
                 return report.as_dict()
 
             return trio.run(run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,8 +29,11 @@ from fusefs.codec.erasure import Buffer
 from fusefs.errors import NoSuchObject, StoreError
 from fusefs.health import UNREACHABLE, StoreHealth
 from fusefs.layout import Layout
-from fusefs.meta.repo import ChunkRow
+from fusefs.meta.repo import ChunkRow, PackLoc
 from fusefs.workers import run_cpu
+
+if TYPE_CHECKING:
+    from fusefs.packs import PackWriter
 
 READ_TIMEOUT = 10.0  # a share fetch slower than this counts as a store failure
 HEDGE_DELAY = 1.0  # a read waits this long for a share before asking another store too
@@ -64,17 +67,26 @@ class FetchRanges:
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """Store share i under `oid` on store `where[i]`; the result is a `PutResult`."""
+    """Store share i under `oid` on store `where[i]`; the result is a `PutResult`. With
+    `packs`, shares for stores that take packs are appended to their open pack instead."""
 
     oid: bytes
     shares: list[Buffer]
     where: bytes
+    packs: PackWriter | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
     failed: dict[int, StoreError]  # shares that could not be stored, and why
     pending: list[int]  # shares still being stored in the background (hedged write)
+    locs: dict[int, PackLoc]  # shares appended to packs, and where
+
+    def row_locs(self, n: int) -> tuple[PackLoc | None, ...] | None:
+        """The chunk row's `locs` (None when no share went into a pack)."""
+        if not self.locs:
+            return None
+        return tuple(self.locs.get(i) for i in range(n))
 
 
 LateCallback = Callable[[bytes, int, "StoreError | None"], None]
@@ -139,6 +151,30 @@ class ShareSet:
         else:
             self.take(i, self.slot(i))
 
+    def take_member(self, i: int, nread: int) -> None:
+        """Share i was read from its pack into its slot (no slack: the next member follows
+        it there): `nread` bytes came. Nothing at all: the pack ends before it (a truncated
+        pack), so the share is missing."""
+        if nread == 0:
+            self.bad[i] = MISSING
+        elif nread != self.size:
+            self.bad[i] = CHECKSUM
+        else:
+            self.take(i, self.slot(i))
+
+    def take_bytes(self, i: int, data: Buffer) -> None:
+        """A fetched share, whole or (from a pack) possibly short."""
+        if len(data) == 0 and self.row.loc(i) is not None:
+            self.bad[i] = MISSING
+        else:
+            self.take(i, data)
+
+
+def _range_of(lay: Layout, row: ChunkRow, share: int, offset: int) -> tuple[str, int]:
+    """The object and offset of byte `offset` of a share (in its pack, when it is in one)."""
+    name, loc = lay.where(row, share)
+    return name, offset if loc is None else loc.offset + offset
+
 
 # -- blocking driver ---------------------------------------------------------------------
 class BlockingRun:
@@ -185,9 +221,16 @@ class BlockingRun:
         if si in self.down:
             st.bad[i] = UNREACHABLE
             return
-        store, name = self.lay.stores[si], self.lay.name(st.row.oid, i)
+        store = self.lay.stores[si]
+        name, loc = self.lay.where(st.row, i)
         try:
-            if i < st.k and store.read_into_blocking is not None:
+            if loc is not None:  # a member of a pack: a ranged read
+                if i < st.k and store.read_into_blocking is not None and loc.length == st.size:
+                    st.take_member(i, store.read_into_blocking(name, st.slot(i), loc.offset))
+                else:
+                    st.take_bytes(i, store.get_range_blocking(  # type: ignore[misc]
+                        name, loc.offset, loc.length))
+            elif i < st.k and store.read_into_blocking is not None:
                 st.take_in_slot(i, store.read_into_blocking(name, st.slot(i, slack=1)))
             else:
                 st.take(i, store.get_blocking(name))  # type: ignore[misc]
@@ -201,9 +244,9 @@ class BlockingRun:
         parts = []
         for i, off, n in step.pieces:
             store = self.lay.store_of(step.row, i)
+            name, at = _range_of(self.lay, step.row, i, off)
             try:
-                part = store.get_range_blocking(  # type: ignore[misc]
-                    self.lay.name(step.row.oid, i), off, n)
+                part = store.get_range_blocking(name, at, n)  # type: ignore[misc]
             except StoreError:
                 return None
             if len(part) != n:
@@ -213,14 +256,18 @@ class BlockingRun:
 
     def _put(self, step: Put) -> PutResult:
         failed: dict[int, StoreError] = {}
+        locs: dict[int, PackLoc] = {}
         for i, share in enumerate(step.shares):
             si = step.where[i]
             try:
-                self.lay.stores[si].put_blocking(  # type: ignore[misc]
-                    self.lay.name(step.oid, i), share)
+                if step.packs is not None and step.packs.can_pack(si):
+                    locs[i] = step.packs.append_blocking(si, share)
+                else:
+                    self.lay.stores[si].put_blocking(  # type: ignore[misc]
+                        self.lay.name(step.oid, i), share)
             except StoreError as e:
                 failed[i] = self.failures[si] = e
-        return PutResult(failed, [])
+        return PutResult(failed, [], locs)
 
 
 # -- async driver ------------------------------------------------------------------------
@@ -273,9 +320,13 @@ class AsyncRun:
         if self.health.down(si):
             st.bad[i] = UNREACHABLE
             return
+        name, loc = self.lay.where(st.row, i)
         try:
             with trio.fail_after(READ_TIMEOUT):
-                data = await self.lay.stores[si].get(self.lay.name(st.row.oid, i))
+                if loc is None:
+                    data = await self.lay.stores[si].get(name)
+                else:
+                    data = await self.lay.stores[si].get_range(name, loc.offset, loc.length)
         except NoSuchObject:
             st.bad[i] = MISSING
             return
@@ -284,7 +335,7 @@ class AsyncRun:
             self.health.mark_down(si, e if isinstance(e, StoreError) else StoreError(
                 f"store {self.lay.stores[si].url} did not answer within {READ_TIMEOUT} s"))
             return
-        st.take(i, data)
+        st.take_bytes(i, data)
 
     async def _fetch_hedged(self, st: ShareSet, order: list[int], need: int) -> None:
         """Fetch until `need` more shares are good, trying `order` in turn.
@@ -333,9 +384,9 @@ class AsyncRun:
         parts: list[bytes | None] = [None] * len(step.pieces)
 
         async def one(j: int, i: int, off: int, n: int) -> None:
+            name, at = _range_of(self.lay, step.row, i, off)
             with contextlib.suppress(StoreError):  # left out: the caller reads it whole
-                parts[j] = await self.lay.store_of(step.row, i).get_range(
-                    self.lay.name(step.row.oid, i), off, n)
+                parts[j] = await self.lay.store_of(step.row, i).get_range(name, at, n)
 
         with trio.move_on_after(HEDGE_DELAY):  # a slow store: the whole read asks others
             async with trio.open_nursery() as nursery:
@@ -355,21 +406,31 @@ class AsyncRun:
         n = len(step.shares)
         failed: dict[int, StoreError] = {}
         stored: set[int] = set()
+        locs: dict[int, PackLoc] = {}
         send, recv = trio.open_memory_channel[tuple[int, StoreError | None]](n)
         returned = False
 
         async def put(i: int) -> None:
             si = step.where[i]
             error = self.health.write_refusal(si)
+            packed = step.packs is not None and step.packs.can_pack(si)
             if error is None:
                 try:
-                    await self.lay.stores[si].put(self.lay.name(step.oid, i), step.shares[i])
+                    if packed:
+                        loc = await step.packs.append(si, step.shares[i])  # type: ignore[union-attr]
+                        if not returned:
+                            locs[i] = loc
+                    else:
+                        await self.lay.stores[si].put(self.lay.name(step.oid, i),
+                                                      step.shares[i])
                 except StoreError as e:
                     error = e
                     self.health.mark_down(si, e)
             if not returned:
                 send.send_nowait((i, error))
-            elif self.late is not None:
+            elif self.late is not None and (error is not None or not packed):
+                # A share appended to a pack after the row was made is not in it: its
+                # queued repair stays (those bytes of the pack hold nothing).
                 self.late(step.oid, i, error)
 
         def note(i: int, error: StoreError | None) -> None:
@@ -403,4 +464,6 @@ class AsyncRun:
             si = step.where[i]
             self.health.mark_down(si, StoreError(
                 f"store {self.lay.stores[si].url} is slow (a write waited {WRITE_HEDGE} s)"))
-        return PutResult(failed, pending)
+        for i in pending:
+            locs.pop(i, None)
+        return PutResult(failed, pending, locs)

@@ -126,10 +126,11 @@ Placed = Iterable[tuple[bytes, bytes]]  # (oid, placement) of objects kept elsew
 
 def owned_names(meta: MetaRepo, keys: VolumeKeys, si: int, also: Placed = ()) -> set[str]:
     """Object names this volume places on store `si`: current and garbage chunk versions,
-    and `also` (its metadata snapshots)."""
+    its packs, and `also` (its metadata snapshots)."""
     return {keys.object_name(oid, i)
             for oid, where in [*meta.all_versions(), *also]
-            for i, s in enumerate(where) if s == si}
+            for i, s in enumerate(where) if s == si} | {
+        keys.pack_name(p.pid) for p in meta.all_packs() if p.store == si}
 
 
 async def check_store(store: Store, si: int, cfg: VolumeConfig, keys: VolumeKeys,

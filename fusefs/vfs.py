@@ -542,6 +542,7 @@ class FileSystem:
         self.files.clear()
         self.lookups.clear()
         await self.volume.healer.wait()
+        self.volume.close_packs()
         if not self.read_only:  # a read-only mount deletes nothing in the stores
             await self.collect_unlinked()
 

@@ -9,6 +9,7 @@ its own module and nothing here decides anything:
 - `chunkread.ChunkReader`    fetch until K good, verify, rebuild, decrypt (whole or ranged);
 - `chunkwrite.ChunkWriter`   seal, place, put with the write quorum, commit;
 - `durability.Durability`    durable points and the deletion of replaced shares;
+- `packs.PackWriter`, `compaction.Compactor`  pack objects (format 4): appends, compaction;
 - `heal.Healer`, `scrub.Scrubber`  repairs, built on the pieces above;
 - `storecheck.StoreWatch`    whose each store is, rechecked while it is not fully usable.
 
@@ -26,6 +27,7 @@ import trio
 from fusefs.chunkread import ChunkReader
 from fusefs.chunkwrite import ChunkWriter
 from fusefs.codec.keys import VolumeKeys
+from fusefs.compaction import Compactor, CompactReport
 from fusefs.config import VolumeConfig
 from fusefs.durability import Durability, recover_lost_writes
 from fusefs.errors import StoreError
@@ -34,6 +36,7 @@ from fusefs.heal import Healer
 from fusefs.health import StoreHealth
 from fusefs.layout import Layout
 from fusefs.meta.repo import ChunkRow, MetaRepo
+from fusefs.packs import PackWriter
 from fusefs.scrub import Progress, Scrubber
 from fusefs.snapshots.publisher import Publisher
 from fusefs.storecheck import StoreWatch, require_readable
@@ -64,6 +67,12 @@ class Volume:
         self.durability = Durability(lay, self.health, meta)
         self.durability.deletes = writable
         self.healer = Healer(lay, self.health, self.reader, meta, events, writes=writable)
+        self.packs: PackWriter | None = None
+        self.compactor: Compactor | None = None
+        if writable and config.packs:
+            self.packs = self.writer.packs = self.healer.packs = PackWriter(
+                lay, meta, self.health)
+            self.compactor = Compactor(lay, self.health, meta, self.packs)
         self.publisher: Publisher | None = None
         if state_dir is not None and writable and config.role == "writer":
             self.publisher = Publisher(lay, self.health, meta, self.writer, events, state_dir)
@@ -125,6 +134,22 @@ class Volume:
 
     def announce(self, row: ChunkRow) -> None:
         self.reader.announce(row)
+
+    async def compact(self) -> CompactReport:
+        """Compact the packs mostly dead (`compaction`); nothing on a volume without packs
+        or one this host may not write."""
+        if self.compactor is None or self.fenced:
+            return CompactReport()
+        return await self.compactor.run_once()
+
+    async def run_compaction(self) -> None:
+        if self.compactor is not None:
+            await self.compactor.run()
+
+    def close_packs(self) -> None:
+        """Seal the open packs (unmount: nothing is appended to them again)."""
+        if self.packs is not None:
+            self.packs.close()
 
     # -- durability ------------------------------------------------------------------------
     async def make_durable(self, *, wait_for_garbage: bool = False) -> None:

@@ -43,6 +43,7 @@ class StallingStore(LocalStore):
         super().__init__(root)
         self.get_blocking = None
         self.put_blocking = None
+        self.open_append_blocking = None  # a remote store: packs are PUT whole
         self.stalled = False
         self.puts_stall_until: trio.Event | None = None  # set: stalled puts go through
 
@@ -50,6 +51,11 @@ class StallingStore(LocalStore):
         if self.stalled:
             await trio.sleep_forever()
         return self._get_sync(name)
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        if self.stalled:
+            await trio.sleep_forever()
+        return self._get_range_sync(name, offset, length)
 
     async def put(self, name: str, data: bytes | memoryview) -> None:
         if self.puts_stall_until is not None:

@@ -18,7 +18,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fusefs"
 FUSE_MODULES = {"fusefs.fuse_ops", "fusefs.mount"}
 # The data path below the file layer: none of these may import the modules listed after it.
 LOWER = ("fusefs.codec", "fusefs.stores", "fusefs.meta", "fusefs.layout", "fusefs.health",
-         "fusefs.workers", "fusefs.shareio", "fusefs.chunkread", "fusefs.chunkwrite",
+         "fusefs.workers", "fusefs.shareio", "fusefs.packs", "fusefs.compaction",
+         "fusefs.chunkread",
+         "fusefs.chunkwrite",
          "fusefs.durability", "fusefs.heal", "fusefs.scrub")
 UPPER = ("fusefs.volume", "fusefs.filedata", "fusefs.vfs", "fusefs.fuse_ops", "fusefs.mount",
          "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli",

@@ -41,6 +41,7 @@ from fusefs.errors import KeyFileError, warn
 KEY_LEN = 32
 _FILE_KEY_CACHE = 4096  # AESGCM objects kept; derivation costs ~10 us, a cache hit ~0.2 us
 _CHUNK_KEY_CACHE = 1024  # chunk-version keys kept: random reads come back to the same chunks
+_PACK_NAME_CACHE = 4096  # pack names kept (a pack holds thousands of shares: few are in use)
 
 
 def create_key_file(path: Path) -> bytes:
@@ -145,6 +146,7 @@ class VolumeKeys:
         self._file_keys: OrderedDict[bytes, _FileKey] = OrderedDict()
         self._chunk_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._lock = threading.Lock()  # worker threads (fast read path) share the caches
+        self._pack_names: dict[bytes, str] = {}
 
     def matches(self, check_value: str) -> bool:
         """True when this key produced `check_value` (constant-time compare)."""
@@ -199,3 +201,18 @@ class VolumeKeys:
         """
         h = hashlib.blake2b(oid + bytes([share]), key=self._name_key, digest_size=16)
         return h.hexdigest()
+
+    def pack_name(self, pid: bytes) -> str:
+        """Opaque 32-hex-digit name of the pack object `pid` (16 random bytes, format 4).
+
+        The same keyed hash as share names over a longer input ("pack" and the pid, 20
+        bytes; a share's input is 17), so a pack name looks like any share name and the
+        two can never coincide."""
+        found = self._pack_names.get(pid)
+        if found is None:
+            found = hashlib.blake2b(b"pack" + pid, key=self._name_key,
+                                    digest_size=16).hexdigest()
+            if len(self._pack_names) >= _PACK_NAME_CACHE:
+                self._pack_names.clear()
+            self._pack_names[pid] = found
+        return found

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,26 @@ class InodeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PackLoc:
+    """Where a packed share is: `length` bytes at `offset` of pack `pack` (packs.id), whose
+    object is named after `pid`."""
+
+    pack: int
+    pid: bytes
+    offset: int
+    length: int
+
+
+Locs = tuple["PackLoc | None", ...]  # per share: its place in a pack, or None (own object)
+_LOC = struct.Struct(">QII")  # packed.locs: u64 packs.id, u32 offset, u32 length per share
+
+
+def encode_locs(locs: Locs) -> bytes:
+    return b"".join(_LOC.pack(loc.pack, loc.offset, loc.length) if loc is not None
+                    else _LOC.pack(0, 0, 0) for loc in locs)
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkRow:
     idx: int
     version: int
@@ -54,9 +75,27 @@ class ChunkRow:
     length: int
     placement: bytes
     digests: bytes
+    locs: Locs | None = None  # format 4: where packed shares are (None: no share is)
 
     def share_digest(self, share: int) -> bytes:
         return self.digests[16 * share : 16 * share + 16]
+
+    def loc(self, share: int) -> PackLoc | None:
+        """Where share `share` is when it is in a pack (else it is an object of its own)."""
+        return None if self.locs is None else self.locs[share]
+
+
+@dataclass(frozen=True, slots=True)
+class PackRow:
+    id: int
+    pid: bytes
+    store: int
+    size: int
+    live: int
+    state: int
+
+
+PACK_OPEN, PACK_SEALED, PACK_DEAD = 0, 1, 2  # packs.state
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +121,7 @@ class MetaRepo:
             except OSError as e:
                 raise ConfigError(f"cannot create {self.path}: {e.strerror}") from None
         self._depth = 0
+        self._pids: dict[int, bytes] = {}  # packs.id -> pid (never changes)
         self._open(read_only, create)
 
     def _open(self, read_only: bool, create: bool = False) -> None:
@@ -106,6 +146,13 @@ class MetaRepo:
             raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
         if version is None or not 1 <= version <= SCHEMA_VERSION:
             raise ConfigError(f"metadata database {self.path} has an unknown schema version")
+        # Chunk rows come with their pack locations (one LEFT JOIN); a database of an older
+        # schema opened read-only has no packs.
+        self.has_packs = version >= 3
+        self._chunk_cols = ("c.idx, c.version, c.oid, c.length, c.placement, c.digests, p.locs"
+                            if self.has_packs else
+                            "c.idx, c.version, c.oid, c.length, c.placement, c.digests, NULL")
+        self._chunk_join = (" LEFT JOIN packed p ON p.oid = c.oid" if self.has_packs else "")
 
     def close(self) -> None:
         self.db.close()
@@ -276,17 +323,35 @@ class MetaRepo:
         return "/" + "/".join(reversed(parts))
 
     # -- chunks --------------------------------------------------------------------------
+    def _row(self, r: tuple) -> ChunkRow:
+        """A ChunkRow from the 7 columns of `_chunk_cols` (the last one `packed.locs`)."""
+        if r[6] is None:
+            return ChunkRow(*r[:6])
+        return ChunkRow(*r[:6], self.decode_locs(r[6]))
+
+    def decode_locs(self, blob: bytes) -> Locs:
+        pid = self._pid
+        return tuple(PackLoc(pack, pid(pack), off, n) if pack else None
+                     for pack, off, n in _LOC.iter_unpack(blob))
+
+    def _pid(self, pack: int) -> bytes:
+        found = self._pids.get(pack)
+        if found is None:
+            row = self.db.execute("SELECT pid FROM packs WHERE id=?", (pack,)).fetchone()
+            found = self._pids[pack] = row[0] if row else bytes(16)
+        return found
+
     def get_chunk(self, ino: int, idx: int) -> ChunkRow | None:
         row = self.db.execute(
-            "SELECT idx, version, oid, length, placement, digests FROM chunks"
-            " WHERE inode=? AND idx=?", (ino, idx)).fetchone()
-        return ChunkRow(*row) if row else None
+            f"SELECT {self._chunk_cols} FROM chunks c{self._chunk_join}"
+            " WHERE c.inode=? AND c.idx=?", (ino, idx)).fetchone()
+        return self._row(row) if row else None
 
     def chunks_of(self, ino: int) -> list[ChunkRow]:
         """Every chunk row of a file, in index order."""
-        return [ChunkRow(*r) for r in self.db.execute(
-            "SELECT idx, version, oid, length, placement, digests FROM chunks WHERE inode=?"
-            " ORDER BY idx", (ino,))]
+        return [self._row(r) for r in self.db.execute(
+            f"SELECT {self._chunk_cols} FROM chunks c{self._chunk_join} WHERE c.inode=?"
+            " ORDER BY c.idx", (ino,))]
 
     def chunk_version(self, ino: int, idx: int) -> int:
         row = self.db.execute("SELECT version FROM chunks WHERE inode=? AND idx=?",
@@ -305,6 +370,21 @@ class MetaRepo:
                 " digests) VALUES (?,?,?,?,?,?,?)",
                 (ino, chunk.idx, chunk.version, chunk.oid, chunk.length, chunk.placement,
                  chunk.digests))
+            if chunk.locs is not None:
+                self._add_packed(chunk.oid, chunk.locs)
+
+    def _add_packed(self, oid: bytes, locs: Locs) -> None:
+        """Record where a chunk version's packed shares are, and count them in their packs."""
+        self.db.execute("INSERT OR REPLACE INTO packed VALUES (?,?)", (oid, encode_locs(locs)))
+        self._count([(loc, 1) for loc in locs if loc is not None])
+
+    def _count(self, changes: list[tuple[PackLoc, int]]) -> None:
+        """Add (+1) or remove (-1) members to or from their packs' live bytes."""
+        if changes:
+            self.db.executemany(
+                "UPDATE packs SET live = live + ?, size = MAX(size, ?) WHERE id=?",
+                [(sign * loc.length, loc.offset + loc.length, loc.pack)
+                 for loc, sign in changes])
 
     def set_share_digest(self, ino: int, idx: int, oid: bytes, share: int,
                          digest: bytes) -> None:
@@ -323,11 +403,11 @@ class MetaRepo:
         """Chunk rows after (ino, idx) in (inode, index) order, with each file's id: a cursor
         that stays valid while files change (scrub)."""
         rows = self.db.execute(
-            "SELECT c.inode, i.file_id, c.idx, c.version, c.oid, c.length, c.placement,"
-            " c.digests FROM chunks c JOIN inodes i ON i.id = c.inode"
+            f"SELECT c.inode, i.file_id, {self._chunk_cols}"
+            f" FROM chunks c JOIN inodes i ON i.id = c.inode{self._chunk_join}"
             " WHERE (c.inode, c.idx) > (?, ?) ORDER BY c.inode, c.idx LIMIT ?",
             (ino, idx, limit))
-        return [(r[0], r[1], ChunkRow(*r[2:])) for r in rows]
+        return [(r[0], r[1], self._row(r[2:])) for r in rows]
 
     def chunk_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
@@ -337,6 +417,13 @@ class MetaRepo:
         current chunks and garbage not yet deleted."""
         return self.db.execute("SELECT oid, placement FROM chunks UNION ALL "
                                "SELECT oid, placement FROM garbage").fetchall()
+
+    def all_packs(self) -> list[PackRow]:
+        """Every pack with an object in a store (or about to have one)."""
+        if not self.has_packs:
+            return []
+        return [PackRow(*r) for r in self.db.execute(
+            "SELECT id, pid, store, size, live, state FROM packs")]
 
     def chunk_by_oid(self, ino: int, idx: int, oid: bytes) -> ChunkRow | None:
         row = self.get_chunk(ino, idx)
@@ -411,7 +498,131 @@ class MetaRepo:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM garbage").fetchone()[0]
 
     def garbage_done(self, ids: list[int]) -> None:
-        self.db.executemany("DELETE FROM garbage WHERE id=?", [(i,) for i in ids])
+        """The shares of these garbage rows are gone from the stores: forget the rows, and
+        their packed shares' places (the packs they emptied become dead)."""
+        with self.transaction():
+            if self.has_packs and ids:
+                gone = []
+                for at in range(0, len(ids), 500):
+                    part = ids[at : at + 500]
+                    gone += self.db.execute(
+                        "SELECT p.oid, p.locs FROM garbage g JOIN packed p ON p.oid = g.oid"
+                        f" WHERE g.id IN ({','.join('?' * len(part))})", part).fetchall()
+                self._count([(loc, -1) for _, blob in gone
+                             for loc in self.decode_locs(blob) if loc is not None])
+                self.db.executemany("DELETE FROM packed WHERE oid=?", [(o,) for o, _ in gone])
+                if gone:
+                    self.retire_empty_packs()
+            self.db.executemany("DELETE FROM garbage WHERE id=?", [(i,) for i in ids])
+
+    # -- packs ---------------------------------------------------------------------------
+    def packed_locs(self, oids: list[bytes]) -> dict[bytes, Locs]:
+        """Where the packed shares of these chunk versions are (versions without any: absent)."""
+        out: dict[bytes, Locs] = {}
+        if not self.has_packs:
+            return out
+        for at in range(0, len(oids), 500):
+            part = oids[at : at + 500]
+            for oid, blob in self.db.execute(
+                    f"SELECT oid, locs FROM packed WHERE oid IN ({','.join('?' * len(part))})",
+                    part):
+                out[oid] = self.decode_locs(blob)
+        return out
+
+    def new_pack(self, pid: bytes, store: int) -> int:
+        """Record a pack before its object is created (so no pack object is ever unnamed:
+        an interrupted mount leaves an empty pack row, never an orphan)."""
+        with self.transaction():
+            cur = self.db.execute("INSERT INTO packs (pid, store, size, live, state)"
+                                  " VALUES (?,?,0,0,?)", (pid, store, PACK_OPEN))
+        self._pids[cur.lastrowid] = pid  # type: ignore[index]
+        return cur.lastrowid  # type: ignore[return-value]
+
+    def seal_packs(self, ids: list[int] | None = None) -> None:
+        """No more appends to these packs (None: every open one, as at mount after a crash);
+        those that hold nothing anyone needs become dead."""
+        with self.transaction():
+            if ids is None:
+                self.db.execute("UPDATE packs SET state=? WHERE state=?",
+                                (PACK_SEALED, PACK_OPEN))
+            else:
+                self.db.executemany("UPDATE packs SET state=? WHERE id=? AND state=?",
+                                    [(PACK_SEALED, i, PACK_OPEN) for i in ids])
+            self.retire_empty_packs()
+
+    def retire_empty_packs(self) -> None:
+        """Sealed packs that no chunk version names any more become dead (to be deleted)."""
+        self.db.execute("INSERT OR IGNORE INTO pack_garbage (pack) SELECT id FROM packs"
+                        " WHERE state=? AND live <= 0", (PACK_SEALED,))
+        self.db.execute("UPDATE packs SET state=? WHERE state=? AND live <= 0",
+                        (PACK_DEAD, PACK_SEALED))
+
+    def move_share(self, oid: bytes, share: int, old: PackLoc, new: PackLoc) -> bool:
+        """Point share `share` of chunk version `oid` at its new place in a pack (a heal or
+        compaction copied it there), if it is still at `old`; False when it moved meanwhile
+        or the version is gone (the copy then holds nothing anyone needs)."""
+        row = self.db.execute("SELECT locs FROM packed WHERE oid=?", (oid,)).fetchone()
+        if row is None:
+            return False
+        locs = list(self.decode_locs(row[0]))
+        cur = locs[share]
+        if cur is None or (cur.pack, cur.offset) != (old.pack, old.offset):
+            return False
+        locs[share] = new
+        with self.transaction():
+            self.db.execute("UPDATE packed SET locs=? WHERE oid=?",
+                            (encode_locs(tuple(locs)), oid))
+            self._count([(old, -1), (new, 1)])
+            self.retire_empty_packs()
+        return True
+
+    def pack_garbage(self, limit: int = 1000, published_before_ns: int | None = None
+                     ) -> list[tuple[int, int, bytes, int]]:
+        """Dead packs to delete: (pack_garbage id, packs.id, pid, store); with
+        `published_before_ns`, only those a snapshot published before then no longer names."""
+        if not self.has_packs:
+            return []
+        where = "" if published_before_ns is None else " WHERE g.published_ns <= ?"
+        args = () if published_before_ns is None else (published_before_ns,)
+        return self.db.execute(
+            "SELECT g.id, p.id, p.pid, p.store FROM pack_garbage g JOIN packs p"
+            f" ON p.id = g.pack{where} ORDER BY g.id LIMIT ?", (*args, limit)).fetchall()
+
+    def pack_garbage_done(self, ids: list[tuple[int, int]]) -> None:
+        """These dead packs' objects are deleted: (pack_garbage id, packs.id) pairs."""
+        with self.transaction():
+            self.db.executemany("DELETE FROM pack_garbage WHERE id=?", [(g,) for g, _ in ids])
+            self.db.executemany("DELETE FROM packs WHERE id=?", [(p,) for _, p in ids])
+        for _, p in ids:
+            self._pids.pop(p, None)
+
+    def pack_is_dead(self, pack: int) -> bool:
+        row = self.db.execute("SELECT state FROM packs WHERE id=?", (pack,)).fetchone()
+        return row is None or row[0] == PACK_DEAD
+
+    def max_pack_garbage_id(self) -> int:
+        if not self.has_packs:
+            return 0
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM pack_garbage").fetchone()[0]
+
+    def mark_pack_garbage_published(self, up_to_id: int, now_ns: int) -> None:
+        """A snapshot was published that no longer names the dead packs up to this id."""
+        if self.has_packs:
+            self.db.execute("UPDATE pack_garbage SET published_ns=? WHERE published_ns IS NULL"
+                            " AND id <= ?", (now_ns, up_to_id))
+
+    def compaction_candidates(self, dead_fraction: float) -> list[PackRow]:
+        """Sealed packs more than `dead_fraction` of whose bytes no chunk version names."""
+        if not self.has_packs:
+            return []
+        return [PackRow(*r) for r in self.db.execute(
+            "SELECT id, pid, store, size, live, state FROM packs WHERE state=? AND live > 0"
+            " AND live < size * ?", (PACK_SEALED, 1.0 - dead_fraction))]
+
+    def packed_after(self, oid: bytes, limit: int) -> list[tuple[bytes, Locs]]:
+        """`packed` rows after `oid`, in oid order (a cursor over every packed share)."""
+        return [(o, self.decode_locs(b)) for o, b in self.db.execute(
+            "SELECT oid, locs FROM packed WHERE oid > ? ORDER BY oid LIMIT ?", (oid, limit))]
 
     # -- chunks found unrecoverable --------------------------------------------------------
     def mark_unreadable(self, oid: bytes, ino: int, idx: int, now_ns: int) -> None:
@@ -451,11 +662,13 @@ class MetaRepo:
     def suspect_garbage(self) -> list[tuple[int, int, int, ChunkRow]]:
         """Replaced chunk rows whose replacement may not be durable (committed after the
         last durable point), oldest first: (garbage id, inode, size before, row)."""
+        cols = self._chunk_cols.replace("c.", "g.")
         rows = self.db.execute(
-            "SELECT id, inode, size_before, idx, version, oid, length, placement, digests"
-            " FROM garbage WHERE id > ? AND inode IS NOT NULL ORDER BY id",
+            f"SELECT g.id, g.inode, g.size_before, {cols} FROM garbage g"
+            f"{self._chunk_join.replace('c.oid', 'g.oid')}"
+            " WHERE g.id > ? AND g.inode IS NOT NULL ORDER BY g.id",
             (self.durable_garbage_id(),))
-        return [(r[0], r[1], r[2], ChunkRow(*r[3:])) for r in rows]
+        return [(r[0], r[1], r[2], self._row(r[3:])) for r in rows]
 
     def restore_chunk(self, ino: int, gid: int, row: ChunkRow, size: int | None) -> None:
         """Put a replaced chunk version back (its replacement's shares were lost): the

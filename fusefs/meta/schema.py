@@ -7,13 +7,54 @@ Invariants:
   committed; a file's bytes past the last chunk row (or in a missing row) read as zeros.
 - every share object in a store is referenced by exactly one chunk row or one garbage row,
   except objects written by a write that crashed before its commit (orphans; scrub finds them).
+- (format 4) a share is in a pack when its chunk version has a `packed` row naming a pack
+  for it; `packs.live` is the sum of the lengths of the members `packed` names in that pack,
+  changed in the same transaction as `packed`, so a pack whose `live` is 0 holds nothing
+  anyone needs. Every pack object in a store has a `packs` row (written before the object
+  is created) until the object is deleted.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2  # 2: garbage rows keep the replaced chunk row (power-loss recovery)
+SCHEMA_VERSION = 3  # 2: garbage rows keep the replaced chunk row (power-loss recovery);
+#                    3: pack objects (format 4): tables packs, packed, pack_garbage
+
+_PACK_TABLES = """
+-- Pack objects (format 4): the shares of small chunks are appended to one object per store
+-- instead of each being an object of its own (`fusefs/packs.py`). A pack is written from
+-- its start to its end (a local store appends to it while it is open, an S3 store PUTs it
+-- whole) and never changed afterwards; it is deleted once no chunk version names any of its
+-- bytes, or after compaction copied the members still named into a newer pack.
+CREATE TABLE packs (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,  -- what `packed.locs` names (never reused)
+    pid    BLOB NOT NULL UNIQUE,  -- 16 random bytes; the object's name is derived from it
+    store  INTEGER NOT NULL,      -- index of the store that holds it
+    size   INTEGER NOT NULL,      -- bytes up to the end of the last member recorded
+    live   INTEGER NOT NULL,      -- bytes of the members `packed` names in it
+    state  INTEGER NOT NULL       -- 0 open (appended to by this mount), 1 sealed, 2 dead
+);
+
+-- Where the shares of a chunk version with packed shares are. `locs` is n x 16 bytes, share
+-- i at 16 i: u64 BE packs.id (0: share i is an object of its own, named as in format 3),
+-- u32 BE offset of the share in the pack, u32 BE its length. The row lives as long as the
+-- chunk version is named by a chunk row or a garbage row.
+CREATE TABLE packed (
+    oid   BLOB PRIMARY KEY,   -- the chunk version (chunks.oid or garbage.oid)
+    locs  BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- Dead packs (state 2: no chunk version names any of their bytes), deleted from their
+-- store once the commit that emptied them is durable and, with metadata snapshots, once a
+-- snapshot without them was published and the grace period has passed (followers may
+-- still read them). The packs row goes with the object.
+CREATE TABLE pack_garbage (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    pack         INTEGER NOT NULL UNIQUE,  -- packs.id
+    published_ns INTEGER                   -- as garbage.published_ns
+);
+"""
 
 _TABLES = """
 -- One row per file, directory or symlink.
@@ -114,7 +155,7 @@ CREATE TABLE dbinfo (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
-"""
+""" + _PACK_TABLES
 
 
 def create_tables(db: sqlite3.Connection) -> None:
@@ -137,6 +178,7 @@ MIGRATIONS = {
                                  idx INTEGER NOT NULL, since_ns INTEGER NOT NULL)
             WITHOUT ROWID;
     """,
+    2: _PACK_TABLES,
 }
 
 

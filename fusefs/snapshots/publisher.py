@@ -170,6 +170,7 @@ class Publisher:
                 self.meta.set_info("writer_id", self.writer_id)
         excluded = self.open_for_writing()
         mark = self.meta.max_garbage_id()
+        dead_mark = self.meta.max_pack_garbage_id()
         changes = self.meta.total_changes()
         source = self._pin_source()  # the instant this snapshot shows
         nxt = self.state_dir / "snapshot.next.db"
@@ -200,6 +201,7 @@ class Publisher:
         before = self.meta.total_changes()
         with self.meta.transaction():
             self.meta.mark_garbage_published(mark, now, excluded)
+            self.meta.mark_pack_garbage_published(dead_mark, now)
         # Those marks need no snapshot of their own; other commits meanwhile do.
         self._published_changes = self.meta.total_changes() if before == changes else changes
         self.uploaded_bytes = sum(b.length for b in blocks if b.oid in self._new)
@@ -385,3 +387,4 @@ def _show_as_before(db: sqlite3.Connection, inodes: set[int], previous: Path | N
                 db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM prev.{table}"
                            f" WHERE {col}=?", (ino,))
     db.execute("COMMIT")
+

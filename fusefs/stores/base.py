@@ -13,12 +13,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Protocol
 
 from fusefs.errors import NoSuchObject
 
 MARKER = "fusefs-store"  # says which volume (and which of its stores) owns the store
 HEAD = "fusefs-head"  # the newest metadata snapshot of the volume (sealed; see `snapshots`)
 FIXED_NAMES = frozenset({MARKER, HEAD})  # the only names that are not opaque share names
+
+
+class Appender(Protocol):
+    """An object being written from its start, piece by piece (a pack on a local disk)."""
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset` (blocking); once it returns, the bytes survive a crash
+        of this process (not a power loss: `Store.sync`)."""
+
+    def close(self) -> None:
+        """No more writes."""
 
 
 class Store(ABC):
@@ -29,13 +41,18 @@ class Store(ABC):
     # function, so the volume can read and verify a whole chunk in one worker-thread hop.
     get_blocking: Callable[[str], bytes] | None = None
     get_range_blocking: Callable[[str, int, int], bytes] | None = None
-    # Read an object from its start into a caller's buffer (the k data shares of a chunk land
-    # side by side: no join copy); returns the bytes read, fewer than asked at its end.
-    read_into_blocking: Callable[[str, memoryview], int] | None = None
-    # Start reading an object into the page cache without waiting (several shares of a chunk
-    # then come off the disk in parallel although they are read one after the other).
-    will_need_blocking: Callable[[str], None] | None = None
+    # Read an object from `offset` (0: its start) into a caller's buffer (the k data shares of
+    # a chunk land side by side: no join copy); returns the bytes read, fewer at its end.
+    read_into_blocking: Callable[[str, memoryview, int], int] | None = None
+    # Start reading an object (or `length` bytes of it from `offset`; 0: all) into the page
+    # cache without waiting (several shares of a chunk then come off the disk in parallel
+    # although they are read one after the other).
+    will_need_blocking: Callable[[str, int, int], None] | None = None
     put_blocking: Callable[[str, bytes | memoryview], None] | None = None
+    # Create a new object and write it piece by piece (a pack object, format 4), where that
+    # is cheaper than a put per piece (a local disk: one open file, no create and rename per
+    # share). Stores without it receive packs whole, by `put`.
+    open_append_blocking: Callable[[str], Appender] | None = None
     # Small blocking reads and writes cost less than the hop to a worker thread and may then
     # run on the event loop: only on a local disk, where they cannot hang for long (not NFS
     # or FUSE).

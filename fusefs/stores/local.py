@@ -234,11 +234,11 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY  # a directory to create, rename or unli
 _LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY  # a directory to read
 
 
-def _fill(fd: int, view: memoryview) -> int:
-    """Read the file from its start into view; the bytes read (fewer at its end)."""
+def _fill(fd: int, view: memoryview, offset: int = 0) -> int:
+    """Read the file from `offset` into view; the bytes read (fewer at its end)."""
     got = 0
     while got < len(view):
-        n = os.preadv(fd, [view[got:]], got)
+        n = os.preadv(fd, [view[got:]], offset + got)
         if n == 0:
             break
         got += n
@@ -298,6 +298,30 @@ def _fanout_dirs(objects: int) -> Iterator[tuple[str, int]]:
         yield sub, fd
 
 
+class _PackFile:
+    """A pack object being appended to: one open file, written with pwrite at the offsets
+    the pack writer hands out (no create and rename per share). The file is created under
+    its final name (O_EXCL: a pack name is never reused), so a reader may see it grow;
+    readers read only members the metadata names, which are wholly written before."""
+
+    def __init__(self, store: LocalStore, fd: int, name: str) -> None:
+        self.store, self.fd, self.name = store, fd, name
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as e:
+            raise self.store._error("write", self.name, e) from None
+        self.store._dirty = True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 class LocalStore(Store):
     def __init__(self, root: str) -> None:
         self.root = Path(root)
@@ -317,6 +341,7 @@ class LocalStore(Store):
         self.will_need_blocking = self._will_need_sync
         self.read_into_blocking = self._read_into_sync
         self.put_blocking = self._put_blocking
+        self.open_append_blocking = self._open_append
         self.inline_io = not may_hang(self.root)
         # off after the first EINVAL: filesystems without O_DIRECT (older tmpfs, some FUSE)
         self.direct_io = os.environ.get("FUSEFS_DIRECT_IO") != "0"
@@ -324,6 +349,22 @@ class LocalStore(Store):
     def _put_blocking(self, name: str, data: bytes | memoryview) -> None:
         self._put_sync(name, data)
         self._dirty = True
+
+    def _open_append(self, name: str) -> _PackFile:
+        """Create object `name` (it must not exist) to be written piece by piece."""
+        if _OBJECT_NAME.fullmatch(name) is None:
+            raise StoreError(f"store {self.url}: cannot write {name!r}: not an object name")
+        parent = self._dir_fd(name)
+        try:
+            # O_EXCL never follows a symlink at the name; O_NOFOLLOW says so again
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        except OSError as e:
+            raise self._error("write", name, e) from None
+        finally:
+            os.close(parent)
+        self._dirty = True
+        return _PackFile(self, fd, name)
 
     # -- paths ---------------------------------------------------------------------------
     def _resolve(self) -> str:
@@ -421,13 +462,13 @@ class LocalStore(Store):
                                 f"file reachable without symlinks: {e.strerror})")
         return self._error("read", name, e)
 
-    def _will_need_sync(self, name: str) -> None:
+    def _will_need_sync(self, name: str, offset: int = 0, length: int = 0) -> None:
         try:
             fd = self._open(name)
         except StoreError:
             return  # the read that follows reports it
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:
@@ -443,8 +484,8 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def _read_into_sync(self, name: str, view: memoryview) -> int:
-        return self._read(name, lambda fd: _fill(fd, view))
+    def _read_into_sync(self, name: str, view: memoryview, offset: int = 0) -> int:
+        return self._read(name, lambda fd: _fill(fd, view, offset))
 
     def _get_range_sync(self, name: str, offset: int, length: int) -> bytes:
         # short only at the end of the object

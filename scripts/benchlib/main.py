@@ -35,6 +35,10 @@ def main(a: argparse.Namespace) -> int:
         a.fusefs_cmd = shlex.split(a.fusefs) if a.fusefs else default_fusefs_cmd()
         base = os.path.abspath(a.dir)
         fstype, source = check_machine(base, sizes)
+        if getattr(a, "small_files", False):
+            from .smallfiles import run_small_files
+
+            return run_small_files(a, base)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
