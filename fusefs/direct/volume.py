@@ -121,9 +121,11 @@ class DirectVolume:
         return True
 
     def is_dir(self, path: str) -> bool:
+        """Whether `path` is a directory (following symlinks); False when it is not there,
+        cannot be followed, or loops."""
         try:
             return stat.S_ISDIR(self._now().stat(path).mode)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
             return False
 
     def listdir(self, path: str = "/") -> list[str]:
@@ -131,21 +133,24 @@ class DirectVolume:
         return [name for name, _ in self._now().entries(path)]
 
     def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
-        """As os.walk, top-down: (dirpath, dirnames, filenames); dirnames may be pruned in
-        place. Symlinks are listed under filenames and not followed."""
+        """As os.walk, top-down: (dirpath, dirnames, filenames); prune dirnames in place to
+        skip directories. As os.walk, a symlink to a directory is listed in dirnames but
+        not walked into; other symlinks (broken ones too) are in filenames."""
         stack = ["/" + "/".join(p for p in top.split("/") if p)]
         while stack:
             here = stack.pop()
-            dirs, files = [], []
+            base = here.rstrip("/")
+            dirs, files, links = [], [], set()
             try:
                 entries = list(self._now().entries(here))
             except (FileNotFoundError, NotADirectoryError):
                 continue  # gone meanwhile (os.walk ignores such errors too)
             for name, row in entries:
-                (dirs if stat.S_ISDIR(row.mode) else files).append(name)
+                if stat.S_ISLNK(row.mode) and self.is_dir(f"{base}/{name}"):
+                    links.add(name)
+                (dirs if stat.S_ISDIR(row.mode) or name in links else files).append(name)
             yield here, dirs, files
-            base = here.rstrip("/")
-            stack.extend(f"{base}/{d}" for d in reversed(dirs))
+            stack.extend(f"{base}/{d}" for d in reversed(dirs) if d not in links)
 
 
 def open_volume(volume_dir: str | os.PathLike[str],
