@@ -394,3 +394,31 @@ def test_shares_of_a_replaced_version_going_away_are_no_damage(volume, mounted) 
     assert f.read() == old
     assert read_events(vol) == []
     assert direct.read_bytes("/f") == new
+
+
+@pytest.mark.timeout(180)
+def test_a_volume_with_s3_stores_is_read_through_the_async_driver(tmp_path: Path, s3_server,
+                                                                  mounter: Mounter) -> None:
+    """2 local stores and 3 buckets on a real S3 HTTP server: the direct API runs the read
+    plans on the async driver (hedged fetches), whole chunks and small ranged reads, and
+    reports a share lost from a local store."""
+    from test_mount_s3 import mixed_volume
+
+    vol, _ = mixed_volume(tmp_path, s3_server, 3, 2)
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    files = {f"/f{i}.bin": rand_bytes(size, i) for i, size in enumerate([1, 4097, 3 * MiB])}
+    for path, data in files.items():
+        (mnt / path[1:]).write_bytes(data)
+    mounter.umount(mnt)
+    paths = Volume(vol.path, [*vol.stores, *[tmp_path / "s3"] * 3], vol.key, 3, 2)
+    lost = next(s for s in share_map(paths)["/f1.bin"][0] if s.store < 2 and s.share < 3)
+    lost.file.unlink()
+    direct = fusefs.open_volume(vol.path, key_file=vol.key)
+    for path, data in files.items():
+        assert direct.read_bytes(path) == data, path
+    with direct.open("/f2.bin") as f:
+        f.seek(MiB + 12345)
+        assert f.read(5000) == files["/f2.bin"][MiB + 12345 : MiB + 17345]
+    (event,) = read_events(vol)
+    assert (event["kind"], event["action"], event["file"], event["object"]) == \
+        ("missing", "reported", "/f1.bin", lost.name)

@@ -167,3 +167,15 @@ def test_damage_found_beside_a_mount_is_healed_by_the_mount(damaged: Damaged,
     assert wait_until(recorded, 10), "the mount's heals are not in the event log"
     assert all(direct.read_bytes(p) == d for p, d in damaged.files.items())
     assert mnt.is_dir()
+
+
+def test_a_read_only_mount_does_not_take_the_damage(damaged: Damaged, mounted) -> None:
+    """A read-only mount writes nothing: it says so, and the event says scrub repairs."""
+    vol = damaged.damage()
+    mounted(vol, None, "--read-only")
+    direct = fusefs.open_volume(vol.path, key_file=vol.key)
+    path = "/big.bin"
+    assert direct.read_bytes(path) == damaged.files[path]
+    events = [e for e in damage_events(vol) if "direct read API" in (e.get("detail") or "")]
+    assert events and all("the mount did not take it" in e["detail"] and
+                          "fusefs scrub" in e["detail"] for e in events)
