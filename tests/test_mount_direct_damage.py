@@ -10,6 +10,7 @@ runs, hand the damage to it, which heals it.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,16 @@ def damage_events(vol: Volume) -> list[dict]:
     return [e for e in events if e["kind"] in ("missing", "checksum_mismatch")]
 
 
-def test_two_damaged_stores_right_bytes_and_events_recorded(damaged: Damaged) -> None:
+def test_two_damaged_stores_right_bytes_and_events_recorded(damaged: Damaged,
+                                                            capfd) -> None:
     vol = damaged.damage()
     direct = fusefs.open_volume(vol.path, key_file=vol.key)
+    capfd.readouterr()
     for path, data in damaged.files.items():
         assert direct.read_bytes(path) == data, path
+    lines = capfd.readouterr().err.splitlines()  # one line, not one per bad share
+    assert len(lines) == 1 and lines[0].startswith("fusefs: warning: volume ") and \
+        str(vol.path / "events.jsonl") in lines[0], lines[:3]
     events = damage_events(vol)
     assert {e["action"] for e in events} == {"reported"}
     assert all("direct read API" in e["detail"] and "fusefs scrub" in e["detail"]
@@ -179,3 +185,22 @@ def test_a_read_only_mount_does_not_take_the_damage(damaged: Damaged, mounted) -
     events = [e for e in damage_events(vol) if "direct read API" in (e.get("detail") or "")]
     assert events and all("the mount did not take it" in e["detail"] and
                           "fusefs scrub" in e["detail"] for e in events)
+
+
+def test_a_dead_mount_s_socket_is_asked_once(damaged: Damaged) -> None:
+    """A socket left by a killed daemon refuses the connection: the reader goes on, does
+    not ask again for a while, and its events say that scrub repairs the damage."""
+    vol = damaged.damage()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(vol.path / "fusefs.sock"))  # bound, never listening: refused
+    try:
+        direct = fusefs.open_volume(vol.path, key_file=vol.key)
+        for path, data in damaged.files.items():
+            assert direct.read_bytes(path) == data, path
+    finally:
+        sock.close()
+        (vol.path / "fusefs.sock").unlink()
+    details = [e["detail"] for e in damage_events(vol)]
+    asked = [d for d in details if "could not be asked" in d]
+    assert len(set(asked)) == 1 and "fusefs scrub" in asked[0]
+    assert all("did not answer lately" in d for d in details if d not in asked)

@@ -23,6 +23,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +33,7 @@ import trio
 
 from fusefs.chunkread import ChunkReader
 from fusefs.control import request
-from fusefs.errors import FusefsError
+from fusefs.errors import FusefsError, warn
 from fusefs.events import EventLog
 from fusefs.heal import report
 from fusefs.health import StoreHealth
@@ -44,6 +45,7 @@ from fusefs.workers import IoPolicy
 
 MAX_SYMLINKS = 40  # as the kernel: more links followed in one path is a loop (ELOOP)
 HAND_OVER_TIMEOUT = 5.0  # seconds a worker waits for the mount to take damage it found
+HAND_OVER_PAUSE = 60.0  # seconds no mount is asked after one did not answer
 READDIR_BATCH = 1000
 
 
@@ -73,7 +75,7 @@ class VolumeView:
         stores = [open_store(url) for url in cfg.stores]
         self.meta = MetaRepo(vd.meta, read_only=True)
         self._meta_ino = _inode_number(vd.meta)
-        self.events = EventLog(vd.events)
+        self.events = EventLog(vd.events, first=self._first_event)
         self.events.resolve_path = self._path_of
         self.layout = Layout(cfg, keys, stores)
         self.health = StoreHealth(stores, self.events)
@@ -83,9 +85,14 @@ class VolumeView:
         self._blocking, self._ranges = policy.reads, policy.ranges  # else: the async driver
         self._lock = threading.RLock()  # one SQLite connection; threads take turns
         self._reported: set[tuple[bytes, int]] = set()  # (oid, share): once per process
+        self._hand_over_off = 0.0  # monotonic time until which no mount is asked
 
     def close(self) -> None:
         self.meta.close()
+
+    def _first_event(self, event: dict) -> None:
+        warn(f"volume {self.vd.path}: {event['kind']} on {event['store']} ({event['file']}); "
+             f"this process records what it finds in {self.vd.events} (`fusefs status`)")
 
     # -- metadata ----------------------------------------------------------------------
     def _fresh(self) -> None:
@@ -213,17 +220,23 @@ class VolumeView:
         report(self.events, self.layout, ino, row, new, self._hand_over(ino, row))
 
     def _hand_over(self, ino: int, row: ChunkRow) -> str:
-        """Ask a mount of the volume to heal the chunk; what became of it, for the event."""
+        """Ask a mount of the volume to heal the chunk; what became of it, for the event.
+        A mount that did not answer is not asked again for HAND_OVER_PAUSE seconds (each
+        try could cost the reader HAND_OVER_TIMEOUT)."""
         found = f"found by the direct read API (pid {os.getpid()})"
         if not self.vd.socket.exists():
             return f"{found}; no mount is running: `fusefs scrub` repairs it"
+        if time.monotonic() < self._hand_over_off:
+            return f"{found}; the mount did not answer lately: `fusefs scrub` repairs it"
         message = {"op": "heal", "inode": ino, "chunk": row.idx, "version": row.oid.hex()}
         try:
             for answer in request(self.vd.path, message, timeout=HAND_OVER_TIMEOUT):
                 if "error" in answer:
                     return f"{found}; the mount did not take it: {answer['error']}"
         except (FusefsError, OSError, ValueError) as e:
-            return f"{found}; the mount could not be asked to heal it: {e}"
+            self._hand_over_off = time.monotonic() + HAND_OVER_PAUSE
+            return f"{found}; the mount could not be asked to heal it ({e}): `fusefs " \
+                   "scrub` repairs it"
         return f"{found}; handed to the mount, which heals it"
 
 

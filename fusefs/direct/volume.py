@@ -114,9 +114,10 @@ class DirectVolume:
         return _stat_result(self._now().stat(path, follow=follow_symlinks))
 
     def exists(self, path: str) -> bool:
+        """As os.path.exists: False also for a path that cannot be followed (a loop)."""
         try:
             self._now().stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
             return False
         return True
 
