@@ -91,8 +91,9 @@ class VolumeView:
         self.meta.close()
 
     def _first_event(self, event: dict) -> None:
-        warn(f"volume {self.vd.path}: {event['kind']} on {event['store']} ({event['file']}); "
-             f"this process records what it finds in {self.vd.events} (`fusefs status`)")
+        where = f" ({event['file']})" if event.get("file") else ""
+        warn(f"volume {self.vd.path}: {event['kind']} on {event.get('store')}{where}; this "
+             f"process records what it finds in {self.vd.events} (`fusefs status`)")
 
     # -- metadata ----------------------------------------------------------------------
     def _fresh(self) -> None:
