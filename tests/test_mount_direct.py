@@ -406,19 +406,21 @@ def test_a_volume_with_s3_stores_is_read_through_the_async_driver(tmp_path: Path
 
     vol, _ = mixed_volume(tmp_path, s3_server, 3, 2)
     mnt = mounter.mount(vol, tmp_path / "mnt")
-    files = {f"/f{i}.bin": rand_bytes(size, i) for i, size in enumerate([1, 4097, 3 * MiB])}
+    files = {f"/f{i}.bin": rand_bytes(size, i)
+             for i, size in enumerate([1, 3 * MiB, *range(4097, 4107)])}
     for path, data in files.items():
         (mnt / path[1:]).write_bytes(data)
     mounter.umount(mnt)
     paths = Volume(vol.path, [*vol.stores, *[tmp_path / "s3"] * 3], vol.key, 3, 2)
-    lost = next(s for s in share_map(paths)["/f1.bin"][0] if s.store < 2 and s.share < 3)
+    lost = next(s for chunks in share_map(paths).values() for s in chunks[0]
+                if s.store < 2 and s.share < 3)  # a data share on a local store: read
     lost.file.unlink()
     direct = fusefs.open_volume(vol.path, key_file=vol.key)
     for path, data in files.items():
         assert direct.read_bytes(path) == data, path
-    with direct.open("/f2.bin") as f:
+    with direct.open("/f1.bin") as f:
         f.seek(MiB + 12345)
-        assert f.read(5000) == files["/f2.bin"][MiB + 12345 : MiB + 17345]
+        assert f.read(5000) == files["/f1.bin"][MiB + 12345 : MiB + 17345]
     (event,) = read_events(vol)
     assert (event["kind"], event["action"], event["file"], event["object"]) == \
-        ("missing", "reported", "/f1.bin", lost.name)
+        ("missing", "reported", lost.path, lost.name)
