@@ -10,12 +10,12 @@ anyway) may talk to it, enforced three times over:
   - every connection's peer is checked (SO_PEERCRED: the uid the kernel recorded at
     connect): a stranger gets one error line and is logged, in case the directory was
     opened up by hand or the socket reached through a descriptor passed on.
-Protocol: the client sends one JSON object per line ({"op": "snapshot"}, or
-{"op": "scrub", "repair": true,
-"rate": null}); the daemon answers with JSON lines: any number of {"progress": [done,
-total, bytes]}, then one {"result": {...}} or {"error": "message"}. The socket is bound
-through /proc/self/fd so a long volume path cannot exceed the 108-byte limit of socket
-addresses.
+Protocol: the client sends one JSON object per line ({"op": "snapshot"},
+{"op": "scrub", "repair": true, "rate": null}, or {"op": "heal", "inode": N, "chunk": I,
+"version": HEX} from a direct reader that found damage); the daemon answers with JSON
+lines: any number of {"progress": [done, total, bytes]}, then one {"result": {...}} or
+{"error": "message"}. The socket is bound through /proc/self/fd so a long volume path
+cannot exceed the 108-byte limit of socket addresses.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 import trio
 
 from fusefs.errors import FusefsError
+from fusefs.meta.repo import ChunkRow
 from fusefs.volume import Volume
 from fusefs.volumedir import SOCKET_NAME
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _PROGRESS_INTERVAL = 0.2  # seconds between progress messages
 _REFUSAL_READ_TIMEOUT = 5  # seconds a refused client gets to send its request
+HEAL_CHECKS = 4  # chunks handed over by direct readers that are read at once
 
 
 def _address(volume_dir: Path) -> tuple[int, str]:
@@ -52,6 +54,8 @@ class ControlServer:
         self.volume_dir = volume_dir
         self.volume = volume
         self._scrub_lock = trio.Lock()
+        self._background: trio.Nursery | None = None  # chunk checks asked for by `heal`
+        self._checks = trio.CapacityLimiter(HEAL_CHECKS)
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.path.unlink(missing_ok=True)
@@ -59,7 +63,8 @@ class ControlServer:
         sock.listen(4)
         task_status.started()
         try:
-            await trio.serve_listeners(self._handle, [trio.SocketListener(sock)])
+            async with trio.open_nursery() as self._background:
+                await trio.serve_listeners(self._handle, [trio.SocketListener(sock)])
         finally:
             self.path.unlink(missing_ok=True)
 
@@ -83,6 +88,8 @@ class ControlServer:
                         await self._scrub(stream, request)
                     elif request.get("op") == "snapshot":
                         await self._snapshot(stream)
+                    elif request.get("op") == "heal":
+                        await self._heal(stream, request)
                     else:
                         raise FusefsError(f"unknown request {request.get('op')!r}")
                 except (FusefsError, ValueError) as e:
@@ -105,6 +112,35 @@ class ControlServer:
         await self.volume.make_durable()
         seq = await publisher.publish(force=True)
         await _send(stream, {"result": {"seq": seq, "uploaded": publisher.uploaded_bytes}})
+
+    async def _heal(self, stream: trio.SocketStream, request: dict) -> None:
+        """A reader beside the mount (the direct API, which never writes) found damage in a
+        chunk: read it again here, the way the mount reads, which heals what it finds. All
+        the client says is which chunk version to look at; it is answered at once."""
+        volume = self.volume
+        if not volume.healer.writes or volume.fenced:
+            raise FusefsError("this mount does not write to the stores (read-only, a "
+                              "follower, or fenced): `fusefs scrub` repairs the damage")
+        try:
+            ino, idx = int(request["inode"]), int(request["chunk"])
+            oid = bytes.fromhex(request["version"])
+        except (KeyError, TypeError, ValueError):
+            raise FusefsError("malformed heal request") from None
+        row = volume.meta.chunk_by_oid(ino, idx, oid)
+        inode = volume.meta.get_inode(ino) if row is not None else None
+        if row is None or inode is None or self._background is None:
+            await _send(stream, {"result": {"checking": False}})  # rewritten meanwhile
+            return
+        self._background.start_soon(self._check, ino, inode.file_id, row)
+        await _send(stream, {"result": {"checking": True}})
+
+    async def _check(self, ino: int, file_id: bytes, row: ChunkRow) -> None:
+        async with self._checks:
+            try:
+                await self.volume.read_chunk(ino, file_id, row)
+            except FusefsError as e:  # unrecoverable, or stores down: recorded as such
+                log.warning("chunk %d of inode %d, handed over by a direct reader: %s",
+                            row.idx, ino, e)
 
     async def _scrub(self, stream: trio.SocketStream, request: dict) -> None:
         if self._scrub_lock.locked():
@@ -185,9 +221,12 @@ async def _send(stream: trio.SocketStream, message: dict) -> None:
     await stream.send_all(json.dumps(message).encode() + b"\n")
 
 
-def request(volume_dir: Path, message: dict) -> Iterator[dict]:
-    """Client side (blocking): send one request, yield the daemon's messages."""
+def request(volume_dir: Path, message: dict, timeout: float | None = None
+            ) -> Iterator[dict]:
+    """Client side (blocking): send one request, yield the daemon's messages. `timeout`
+    bounds each wait for the daemon (None: wait as long as it works)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     fd, addr = _address(volume_dir)
     try:
         sock.connect(addr)

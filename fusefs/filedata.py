@@ -359,7 +359,13 @@ class FileData:
             first_drop = last + 1 if keep else last
             for idx in [i for i in self.dirty if i >= first_drop]:
                 del self.dirty[idx]
-            self.meta.delete_chunks_from(self.ino, first_drop)
+            # The shorter size in the same commit as the chunks it drops: no committed
+            # state (a crash, a direct reader beside the mount) has the old size over
+            # deleted chunks, which reads as zeros; each one reads as the old file or a
+            # prefix of it.
+            with self.meta.transaction():  # garbage rows keep the size before: first
+                self.meta.delete_chunks_from(self.ino, first_drop)
+                self.meta.update_inode(self.ino, size=min(size, self.committed_size))
             if keep:
                 if last in self.dirty:
                     del self.dirty[last][keep:]

@@ -11,6 +11,7 @@ import errno
 import os
 import random
 import shutil
+import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -425,6 +426,38 @@ def test_truncate_dirty_data_shrink_then_grow(env: Env) -> None:
     expected = b"a" * 10 + bytes(CS + 1000 - 10)
     assert before == expected
     assert run(read_all, env.fresh_fs(), ino) == expected
+
+
+@pytest.mark.parametrize("shrink_to", [0, CS + 100])
+def test_truncate_commits_only_states_a_reader_may_see(env: Env, tmp_path: Path,
+                                                       shrink_to: int) -> None:
+    """Another process reading the metadata (the direct API beside a mount) sees every
+    commit: each must read as the old file or a prefix of it, never the old size over
+    dropped chunks (zeros where data was). The state is observed before every statement
+    the file layer runs, through a second, read-only connection."""
+    data = data_of(3 * CS + 500, seed=7)
+    ino = run(write_file, env.fs, b"t", data)
+    reader = sqlite3.connect(f"file:{tmp_path / 'meta.db'}?mode=ro", uri=True)
+    seen: list[tuple[int, set[int]]] = []
+
+    def observe(_statement: object) -> None:
+        (size,) = reader.execute("SELECT size FROM inodes WHERE id=?", (ino,)).fetchone()
+        chunks = {r[0] for r in reader.execute("SELECT idx FROM chunks WHERE inode=?", (ino,))}
+        seen.append((size, chunks))
+
+    async def shrink() -> None:
+        await env.fs.setattr(ino, size=shrink_to)
+
+    env.meta.db.set_trace_callback(observe)
+    try:
+        run(shrink)
+    finally:
+        env.meta.db.set_trace_callback(None)
+    observe(None)
+    reader.close()
+    assert seen[0] == (len(data), {0, 1, 2, 3}) and seen[-1][0] == shrink_to
+    for size, chunks in seen:
+        assert set(range(-(-size // CS))) <= chunks, f"size {size} over chunks {chunks}"
 
 
 def test_truncate_directory_and_symlink(env: Env) -> None:

@@ -164,6 +164,17 @@ class MetaRepo:
         finally:
             self._depth = 0
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same committed state, whatever
+        a writer (a mount beside a direct reader) commits meanwhile. Keep it short: a WAL
+        checkpoint of the writer waits for it."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
     def total_changes(self) -> int:
         """Rows changed through this connection so far (cheap "anything new?" test)."""
         return self.db.total_changes
