@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 # `read(fh, ...)`, which cannot tell the file, so no-open mode needs the patch.
 READ_BY_INODE = hasattr(pyfuse3.Operations, "read_noopen")
 _READDIR_BATCH = 32  # a readdirplus reply (one page) holds ~24 entries: fetch little more
+_OP_NAMES = {"read_noopen": "read"}  # metrics name the kernel's opcode, not the method
 
 
 def translate(fn: Callable[..., Any]) -> Callable[..., Any]:
-    op = fn.__name__
+    op = _OP_NAMES.get(fn.__name__, fn.__name__)
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -15,6 +15,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+import trio
+
 from fusefs.errors import FsError, StoreError
 from fusefs.filedata import ChunkCache, FileData, Flusher
 from fusefs.meta.repo import ROOT_INODE, InodeRow, MetaRepo
@@ -57,6 +59,7 @@ class FileSystem:
         self._rows: dict[int, InodeRow] = {}
         self._readers: OrderedDict[int, FileData] = OrderedDict()
         self._served: set[int] = set()  # read whole once: the kernel keeps the pages
+        self.announce_reads = os.environ.get("FUSEFS_ANNOUNCE_READS", "1") != "0"  # A/B
         self.cache = ChunkCache(cache_bytes)
         self.flusher = Flusher()
         self.lookups: dict[int, int] = {}
@@ -506,6 +509,14 @@ class FileSystem:
             fd = self._readers[ino] = self._new_file_data(row)
             if len(self._readers) > _READERS_MAX:
                 self._readers.popitem(last=False)
+            if off == 0 and 0 < fd.size <= fd.cs and self.announce_reads:
+                # No OPEN came to announce the shares ahead of this read: announce them
+                # now and let the other readers' requests in (they announce theirs), so
+                # the disk works on all of them while we read one after the other.
+                chunk = fd.row(0)
+                if chunk is not None and self.cache.get((ino, 0, chunk.oid)) is None:
+                    self.volume.announce(chunk)
+                    await trio.lowlevel.checkpoint()
         else:
             self._readers.move_to_end(ino)
         return await fd.read(off, size)
