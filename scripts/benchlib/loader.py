@@ -8,10 +8,12 @@ one file whole, checks its digest (wrong bytes fail the run) and, with `decode`,
 with Pillow to RGB pixels. It returns the byte count only, so that the figures measure
 reading and decoding, not the queue back to the main process.
 
-`epoch` runs one shuffled pass with N worker processes: through `torch.utils.data.DataLoader`
-when torch imports (batch size 32, the default collate), else through a fork pool of the same
-size (`multiprocessing`). Workers are started and joined inside the epoch (as a DataLoader
-without persistent workers does), so their CPU time is the children's rusage of the epoch.
+`scan` lists the tree as ImageFolder does when the dataset is made (in epoch 1, after the
+cache drop: it is part of a cold start). `epoch` runs one shuffled pass with N worker
+processes: through `torch.utils.data.DataLoader` when torch imports (batch size 32, the
+default collate), else through a fork pool of the same size (`multiprocessing`). Workers
+are started and joined inside the epoch (as a DataLoader without persistent workers does),
+so their CPU time is the children's rusage of the epoch.
 """
 
 from __future__ import annotations
@@ -77,6 +79,21 @@ def make_images(root: str, n: int, classes: int, seed: int = 0) -> list[int]:
             f.write(data)
         digests.append(xxhash.xxh3_64_intdigest(data))
     return digests
+
+
+def scan(root: str, digests: list[int]) -> tuple[list[str], list[int]]:
+    """What torchvision's ImageFolder does when a dataset is made: list every class
+    directory (sorted) and its files (sorted); the paths and their digests in that order."""
+    paths, found = [], []
+    top = os.path.join(root, "train")
+    for cls in sorted(e.name for e in os.scandir(top) if e.is_dir()):
+        d = os.path.join(top, cls)
+        for name in sorted(e.name for e in os.scandir(d) if e.is_file()):
+            paths.append(os.path.join(d, name))
+            found.append(digests[int(name[3:-4])])  # imgNNNNN.jpg
+    if len(paths) != len(digests):
+        raise BenchError(f"found {len(paths)} images under {top}, expected {len(digests)}")
+    return paths, found
 
 
 def mean_size(root: str, n: int, classes: int) -> float:

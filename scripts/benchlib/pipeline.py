@@ -209,14 +209,18 @@ class Pipeline:
                         syncfs(sy.root)
                     syncfs(self.work)
                     self.cache.drop()
-                s = self.one_epoch(col, ds, workers, seed)
+                s = self.one_epoch(col, ds, workers, seed,
+                                   scan=which == "cold" and not col.direct)
                 key = f"{'decode' if decode else 'read'}/{workers}/{which}"
                 self.samples.setdefault(key, {}).setdefault(col.name, []).append(s)
                 cpu = f"daemon {s.daemon_ms:.3f} + " if s.daemon_ms is not None else ""
                 log(f"  {col.name:9s} {key:14s} {s.images_s:8.0f} images/s  CPU ms/image: "
                     f"{cpu}workers {s.workers_ms:.3f}")
 
-    def one_epoch(self, col: Column, ds: loader.ImageFiles, workers: int, seed: int) -> Sample:
+    def one_epoch(self, col: Column, ds: loader.ImageFiles, workers: int, seed: int,
+                  scan: bool) -> Sample:
+        """One epoch; with `scan`, the dataset is made first (the tree listed, timed with
+        it), as a training run's first epoch does."""
         sy = col.system
         pid = None
         if isinstance(sy, FuseSystem) and not col.direct:
@@ -224,8 +228,14 @@ class Pipeline:
         counting = isinstance(sy, PipelineFusefs) and not col.direct
         req0 = sy.requests() if counting else None
         cpu0 = process_cpu(pid)
+        t0, main0 = time.perf_counter(), time.process_time()
+        if scan:
+            ds.paths, ds.digests = loader.scan(col.system.root, self.digests)
+        listed, main_scan = time.perf_counter() - t0, time.process_time() - main0
         e = loader.epoch(ds, workers, seed, self.use_torch)
         cpu1 = process_cpu(pid)
+        e.seconds += listed
+        e.main_cpu += main_scan
         n = e.images
         reqs = None
         if counting and req0 is not None:
