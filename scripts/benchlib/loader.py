@@ -102,8 +102,17 @@ def mean_size(root: str, n: int, classes: int) -> float:
 
 
 def read_file(path: str) -> bytes:
+    """As torchvision's loaders open a file. Python's buffered open() asks isatty(): on a
+    FUSE mount that is a FUSE_IOCTL request per file, which the kernel sends again however
+    often the daemon answers ENOSYS (unlike FLUSH and OPEN)."""
     with open(path, "rb") as f:
         return f.read()
+
+
+def read_file_unbuffered(path: str) -> bytes:
+    """The same bytes without the isatty() check (--unbuffered)."""
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
 
 
 @dataclass
@@ -115,6 +124,7 @@ class ImageFiles:
     decode: bool
     # reader(path) -> bytes; made in the worker process by `open_reader` (after the fork)
     open_reader: Callable[[], Callable[[str], bytes]] | None = None
+    unbuffered: bool = False  # open(..., buffering=0): no isatty() ioctl per file
     _reader: Callable[[str], bytes] | None = None
 
     def __len__(self) -> int:
@@ -122,7 +132,8 @@ class ImageFiles:
 
     def __getitem__(self, i: int) -> int:
         if self._reader is None:
-            self._reader = self.open_reader() if self.open_reader else read_file
+            self._reader = self.open_reader() if self.open_reader else (
+                read_file_unbuffered if self.unbuffered else read_file)
         data = self._reader(self.paths[i])
         if xxhash.xxh3_64_intdigest(data) != self.digests[i]:
             raise BenchError(f"WRONG DATA read from {self.paths[i]} ({len(data)} bytes)")

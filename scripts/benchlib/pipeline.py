@@ -197,7 +197,8 @@ class Pipeline:
                 fs.extra = col.extra
         reader = direct.opener(fs.vol, fs.key, fs.mnt) if col.direct and fs else None
         ds = loader.ImageFiles(loader.image_paths(sy.root, self.a.files, self.a.classes),
-                               self.digests, decode=False, open_reader=reader)
+                               self.digests, decode=False, open_reader=reader,
+                               unbuffered=self.a.unbuffered)
         for decode, workers in self.configs():
             ds.decode = decode
             for which in ("cold", "warm"):
@@ -276,8 +277,10 @@ class Pipeline:
         print(f"pipeline benchmark: {a.files} JPEGs ({self.kib:.0f} KiB mean, "
               f"{loader.IMAGE_SIZE[0]}x{loader.IMAGE_SIZE[1]}) in {a.classes} classes, "
               f"shuffled, batch {loader.BATCH}, every byte checked; {how}")
-        print(f"median of {a.repeat}; epoch 1: {drop} and FUSE daemons fresh; epoch 2 right "
-              f"after; {os.cpu_count()} CPUs; {elapsed:.0f} s")
+        print(f"median of {a.repeat}; epoch 1: {drop}, FUSE daemons fresh, the tree listed; "
+              f"epoch 2 right after; files opened "
+              f"{'with buffering=0' if a.unbuffered else 'as torchvision does (open rb)'}; "
+              f"{os.cpu_count()} CPUs; {elapsed:.0f} s")
         print()
         print("images/s (ratio to raw)")
         rows = [["workload", *names]]
