@@ -72,10 +72,20 @@ class PipelineFusefs(Fusefs):
     def __init__(self, work: str, cmd: list[str]) -> None:
         super().__init__(work, cmd)
         self.extra: list[str] = []
+        self.env: dict[str, str] = {}  # for the daemon (A/B switches such as FUSEFS_NO_OPEN)
 
     def _mount(self) -> None:
-        self.cli("mount", self.vol, self.mnt, "--key-file", self.key, *self.extra,
-                 "--metrics", "127.0.0.1:0")
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            self.cli("mount", self.vol, self.mnt, "--key-file", self.key, *self.extra,
+                     "--metrics", "127.0.0.1:0")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         with contextlib.suppress(OSError, ValueError):
             self.pid = int(Path(self.vol, "fusefs.pid").read_text().split()[0])
 
@@ -101,6 +111,7 @@ class Column:
     name: str
     system: System
     extra: list[str] = field(default_factory=list)  # fusefs mount options
+    env: dict[str, str] = field(default_factory=dict)  # the fusefs daemon's A/B switches
     direct: bool = False
 
 
@@ -166,6 +177,8 @@ class Pipeline:
                 self.columns.append(Column("fusefs", sy, ["--read-only"]))
                 if not a.no_rw:
                     self.columns.append(Column("fusefs-rw", sy, []))
+                for spec in a.variant:
+                    self.columns.append(parse_variant(spec, sy))
             else:
                 self.columns.append(Column(sy.name, sy))
         self.direct_skipped = direct.find()
@@ -194,7 +207,7 @@ class Pipeline:
                 if fs.mounted:
                     fs.umount()
             else:
-                fs.extra = col.extra
+                fs.extra, fs.env = col.extra, col.env
         reader = direct.opener(fs.vol, fs.key, fs.mnt) if col.direct and fs else None
         ds = loader.ImageFiles(loader.image_paths(sy.root, self.a.files, self.a.classes),
                                self.digests, decode=False, open_reader=reader,
@@ -308,7 +321,8 @@ class Pipeline:
                 row.append(f"{d}{m['workers_ms']:.2f}")
             rows.append(row)
         print(_table(rows))
-        fs_cols = [n for n in names if n.startswith("fusefs")]
+        fs_cols = [c.name for c in self.columns
+                   if isinstance(c.system, PipelineFusefs) and not c.direct]
         print()
         print("FUSE requests per image (fusefs): " + " ".join(OPS))
         rows = [["workload", *fs_cols]]
@@ -347,6 +361,17 @@ class Pipeline:
                    "targets": verdicts, "warnings": WARNINGS, "elapsed_s": elapsed}
             Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
         return verdicts
+
+
+def parse_variant(spec: str, sy: System) -> Column:
+    """--variant NAME:MOUNT-OPTIONS[:VAR=VALUE,...], e.g.
+    "stock:--read-only:FUSEFS_NO_OPEN=0" (options and variables separated by spaces)."""
+    name, _, rest = spec.partition(":")
+    opts, _, env = rest.partition(":")
+    if not name or name in ("raw", "fusefs", "fusefs-rw", "direct"):
+        raise BenchError(f"--variant {spec!r}: give it a name of its own")
+    pairs = dict(kv.split("=", 1) for kv in env.split() if "=" in kv)
+    return Column(name, sy, opts.split(), pairs)
 
 
 def _torch_version() -> str:
