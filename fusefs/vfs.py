@@ -404,8 +404,14 @@ class FileSystem:
         return ino
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, InodeRow]]:
-        """Up to `limit` entries with cookie > after; the caller counts lookups."""
-        return [(c, n, self._overlay(r)) for c, n, r in self.meta.readdir(ino, after, limit)]
+        """Up to `limit` entries with cookie > after; the caller counts lookups. In dataset
+        mode the rows are kept: a loader lists its tree (ImageFolder) and then reads every
+        file by inode, with no lookup in between to read the row again."""
+        entries = self.meta.readdir(ino, after, limit)
+        if self.dataset:
+            for _, _, r in entries:
+                self._keep_row(r)
+        return [(c, n, self._overlay(r)) for c, n, r in entries]
 
     def remember(self, ino: int) -> None:
         """The kernel took a reference through readdirplus."""
