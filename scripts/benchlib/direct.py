@@ -9,7 +9,8 @@ in each worker process, after the fork, that opens the volume and returns `read(
 Expected shape, checked in this order (adapt here, nowhere else, if the API differs):
   fusefs.direct.open_volume(volume_dir, key_file=...) -> object with read_bytes(path)
   fusefs.direct.Volume(volume_dir, key_file=...)      -> the same
-where `path` is relative to the volume's root ("train/class000/img00000.jpg").
+where `path` is absolute in the volume ("/train/class000/img00000.jpg"). Checked against
+the direct-api branch (fusefs.direct.open_volume) merged into this one.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class _Opener:
         cut = len(self.prefix)
 
         def read(path: str) -> bytes:
-            return vol.read_bytes(path[cut:].lstrip("/"))
+            return vol.read_bytes("/" + path[cut:].lstrip("/"))
 
         return read
 
