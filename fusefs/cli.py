@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     s.add_argument("--key-file", metavar="PATH")
     s.add_argument("--foreground", action="store_true", help="do not daemonize; log to stderr")
-    s.add_argument("--read-only", action="store_true")
+    s.add_argument("--read-only", action="store_true",
+                   help="read-only; in dataset mode unless --no-dataset")
+    s.add_argument("--no-dataset", action="store_true",
+                   help="read-only mounts: no dataset mode (short kernel caches, every "
+                   "OPEN and FLUSH answered)")
     s.add_argument("--allow-other", action="store_true", help="let other users access it")
     s.add_argument("--follow", action="store_true",
                    help="a follower (read-only): switch to each new snapshot of the writer")
@@ -302,7 +306,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             os.makedirs(args.mountpoint, mode=0o755)
     opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other,
                         metrics=args.metrics, follow=args.follow,
-                        accept_older=args.accept_older_snapshot)
+                        accept_older=args.accept_older_snapshot, dataset=not args.no_dataset)
     if not args.foreground:
         vd.load()  # refuse a non-volume before touching the mountpoint
         cleaned = lifecycle.clean_dead_mount(args.mountpoint)
@@ -349,6 +353,8 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
         cmd += ["--key-file", os.path.abspath(args.key_file)]
     if args.read_only:
         cmd.append("--read-only")
+    if args.no_dataset:
+        cmd.append("--no-dataset")
     if args.allow_other:
         cmd.append("--allow-other")
     if args.follow:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from fusefs import lifecycle, metrics
+from fusefs import kernelcache, lifecycle, metrics
 from fusefs.codec import erasure
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
@@ -43,6 +43,7 @@ class MountOptions:
     metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (None: off)
     follow: bool = False  # a follower: switch to each newly published snapshot
     accept_older: bool = False  # a follower: accept a snapshot older than one seen before
+    dataset: bool = True  # with read_only: dataset mode (`kernelcache`); False: as writable
 
 
 def check_role(cfg: VolumeConfig, opts: MountOptions) -> None:
@@ -133,7 +134,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
                  opts: MountOptions, ready: Callable[[str | None], None]) -> None:
     import pyfuse3
 
-    from fusefs.fuse_ops import FuseOps, mount_options
+    from fusefs.fuse_ops import READ_BY_INODE, FuseOps, mount_options
 
     try:
         meta = MetaRepo(vd.meta)
@@ -142,7 +143,9 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         raise
     try:
         volume, fs, follower = await _open(vd, cfg, keys, meta, opts)
-        pyfuse3.init(FuseOps(fs), str(mp), mount_options(
+        cache = kernelcache.choose(read_only=opts.read_only, follower=follower is not None,
+                                   dataset=opts.dataset, read_by_inode=READ_BY_INODE)
+        pyfuse3.init(FuseOps(fs, cache), str(mp), mount_options(
             str(vd.path), read_only=opts.read_only, allow_other=opts.allow_other))
     except (FusefsError, RuntimeError) as e:
         meta.close()
@@ -150,6 +153,11 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         ready(msg)
         raise FusefsError(msg) from None
     log.info("mounted volume %s on %s", vd.path, mp)
+    log.info("kernel cache: %s (entries and attributes %g s, FLUSH %s, OPEN %s)%s",
+             cache.name, cache.entry_timeout, "on" if cache.flush else "off",
+             "on" if cache.open else "off",
+             "" if READ_BY_INODE or not opts.read_only else
+             "; no-open mode needs the patched pyfuse3 (scripts/_install.sh)")
     if erasure.backend == "isal":
         log.info("erasure coding: zfec's code, computed by ISA-L")
     else:
@@ -181,7 +189,8 @@ async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRe
                             accept_older=opts.accept_older)
         if opts.follow:
             await follower.refresh()  # the newest snapshot before serving
-    fs = FileSystem(meta, volume, read_only=opts.read_only, pin=follower is not None)
+    fs = FileSystem(meta, volume, read_only=opts.read_only, pin=follower is not None,
+                    dataset=opts.dataset)
     if volume.publisher is not None:
         await volume.publisher.check_at_mount()
         volume.publisher.open_for_writing = fs.writing_inodes

@@ -812,6 +812,34 @@ def test_read_only_filesystem(env: Env) -> None:
     assert env.meta.lookup(ROOT_INODE, b"f") == f
 
 
+def test_dataset_mode_reads_by_inode_and_forgets_at_a_switch(env: Env) -> None:
+    """Dataset mode (read-only): reads without an open serve every byte (whole small files,
+    ranges of a multi-chunk one); rows kept from readdir are dropped when the metadata is
+    switched (a follower's new snapshot), so a changed file reads as it is now."""
+    small = run(write_file, env.fs, b"small", b"s" * 5000)
+    big_data = os.urandom(3 * CS + 77)
+    big = run(write_file, env.fs, b"big", big_data)
+    ds = FileSystem(env.meta, env.volume, read_only=True, dataset=True)
+    assert ds.dataset and not FileSystem(env.meta, env.volume, dataset=True).dataset
+    assert [n for _, n, _ in ds.readdir(ROOT_INODE, 0, 10)] == [b"small", b"big"]
+    assert run(ds.read_inode, small, 0, 1 << 20) == b"s" * 5000
+    assert run(ds.read_inode, big, CS - 10, 100) == big_data[CS - 10 : CS + 90]
+    assert run(ds.read_inode, big, 0, len(big_data) + 5) == big_data
+    with pytest.raises(FsError) as e:
+        run(ds.read_inode, ROOT_INODE, 0, 10)
+    assert errno_of(e) == errno.EISDIR
+
+    async def rewrite() -> None:  # O_TRUNC: a new chunk version, a new size
+        fh = await env.fs.open(small, os.O_WRONLY | os.O_TRUNC)
+        await env.fs.write(fh, 0, b"changed")
+        await env.fs.release(fh)
+
+    run(rewrite)
+    assert run(ds.read_inode, small, 0, 100) == b"s" * 100  # the view before the switch
+    ds.switched()
+    assert run(ds.read_inode, small, 0, 100) == b"changed"
+
+
 # ------------------------------------------------------------------------------------------
 # extended attributes
 # ------------------------------------------------------------------------------------------
