@@ -242,6 +242,7 @@ async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: VersionedFileSystem,
             nursery.start_soon(volume.run_store_watch)
             if volume.publisher is not None:
                 nursery.start_soon(volume.publisher.run)
+            fs.invalidate_entry = _invalidate_entry
             if follower is not None and opts.follow:
                 follower.on_switch = partial(_switched, fs)
                 nursery.start_soon(follower.run)
@@ -293,6 +294,17 @@ async def _switched(fs: VersionedFileSystem, previous: Path) -> None:
 
     await trio.to_thread.run_sync(invalidate)
     log.info("new snapshot: %d inodes and %d names invalidated", len(inodes), len(entries))
+
+
+async def _invalidate_entry(parent: int, name: bytes) -> None:
+    """Make the kernel forget a name (from a thread: it may wait on the kernel)."""
+    import pyfuse3
+
+    def invalidate() -> None:
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_entry(parent, name)
+
+    await trio.to_thread.run_sync(invalidate)
 
 
 async def _announce_when_serving(mp: Path, ready: Callable[[str | None], None]) -> None:

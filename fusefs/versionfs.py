@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from fusefs.errors import FsError
@@ -52,6 +53,9 @@ class VersionedFileSystem(FileSystem):
     def __init__(self, meta: MetaRepo, volume: Volume, **kwargs: object) -> None:
         super().__init__(meta, volume, **kwargs)  # type: ignore[arg-type]
         self.versions = VersionRepo(meta)
+        # Tells the kernel a name is gone (a deleted version), set by the mount; the
+        # kernel would otherwise show the name for as long as it caches entries.
+        self.invalidate_entry: Callable[[int, bytes], Awaitable[None]] | None = None
 
     # -- inodes of the versions' side -------------------------------------------------
     def _synthetic(self, ino: int) -> InodeRow:

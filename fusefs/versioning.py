@@ -21,7 +21,13 @@ from fusefs.errors import FusefsError
 from fusefs.meta.repo import ROOT_INODE
 from fusefs.meta.versions import VersionRow
 from fusefs.treedigest import Progress, TreeDigester
-from fusefs.versionfs import CONTROL_NAME, MAX_VERSION_ID, VERSIONS_NAME, VersionedFileSystem
+from fusefs.versionfs import (
+    CONTROL_NAME,
+    MAX_VERSION_ID,
+    VERSIONS_INO,
+    VERSIONS_NAME,
+    VersionedFileSystem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,8 @@ class Versioning:
         if busy:
             raise FusefsError(f"version {name!r} is in use ({busy} open files)")
         self.versions.delete(found.id)
+        if self.fs.invalidate_entry is not None:
+            await self.fs.invalidate_entry(VERSIONS_INO, raw)
         await self.fs.volume.make_durable()
         return {"name": name, "published": await self._publish()}
 
