@@ -173,18 +173,26 @@ class VersionRepo:
             inodes, dentries, chunks = "version_inodes", "version_dentries", "version_chunks"
             on_d, on_i, on_c = " AND d.vid = :vid", " AND i.vid = :vid", " AND c.vid = :vid"
         named = {"root": root, "vid": vid}
-        dirs = (f"WITH RECURSIVE dirs(id) AS (SELECT :root UNION SELECT d.inode FROM {dentries}"
-                f" d JOIN dirs ON d.parent = dirs.id{on_d} JOIN {inodes} i ON i.id = d.inode"
-                f"{on_i} WHERE (i.mode & 61440) = 16384) ")  # S_IFMT, S_IFDIR
+        # CROSS JOIN fixes the loop order (SQLite keeps it): directories outside, their
+        # entries by primary key inside. Left to itself the planner may scan every entry
+        # of the version once per directory (measured: 114 s for 100,000 files).
+        dirs = (f"WITH RECURSIVE dirs(id) AS (SELECT :root UNION SELECT d.inode FROM dirs"
+                f" CROSS JOIN {dentries} d ON d.parent = dirs.id{on_d} CROSS JOIN {inodes} i"
+                f" ON i.id = d.inode{on_i} WHERE (i.mode & 61440) = 16384) ")  # S_IFDIR
         entries = self.db.execute(
             dirs + "SELECT d.parent, d.name, i.id, i.mode, i.size, i.rdev, i.target, i.file_id"
-            f" FROM {dentries} d JOIN dirs ON d.parent = dirs.id{on_d} JOIN {inodes} i"
-            f" ON i.id = d.inode{on_i}", named).fetchall()
+            f" FROM dirs CROSS JOIN {dentries} d ON d.parent = dirs.id{on_d} CROSS JOIN"
+            f" {inodes} i ON i.id = d.inode{on_i}", named).fetchall()
         cols = ", ".join(f"c.{c.strip()}" for c in CHUNK_COLS.split(","))
         by_inode: dict[int, list[ChunkRow]] = {}
+        current, rows = None, None  # a file's rows come together, in index order
         for r in self.db.execute(
-                dirs + f"SELECT c.inode, {cols} FROM {chunks} c WHERE c.inode IN (SELECT"
-                f" d.inode FROM {dentries} d JOIN dirs ON d.parent = dirs.id{on_d}){on_c}"
-                " ORDER BY c.inode, c.idx", named):
-            by_inode.setdefault(r[0], []).append(ChunkRow(*r[1:]))
+                dirs + f"SELECT d.inode, {cols} FROM dirs CROSS JOIN {dentries} d"
+                f" ON d.parent = dirs.id{on_d} CROSS JOIN {chunks} c ON c.inode = d.inode"
+                f"{on_c}", named):
+            if r[0] != current:
+                current = r[0]
+                rows = None if current in by_inode else by_inode.setdefault(current, [])
+            if rows is not None:  # (a hard link's rows come once more: skipped)
+                rows.append(ChunkRow(*r[1:]))
         return TreeRows(entries, by_inode)
