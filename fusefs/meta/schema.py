@@ -71,7 +71,8 @@ CREATE TABLE xattrs (
 -- chunk row and the file's size before the change: if a power loss leaves the replacing
 -- commit on disk but not the shares it names, the replaced version is put back
 -- (`durability.recover_lost_writes`). Rows with id <= dbinfo 'durable_garbage_id' were
--- replaced by durable versions. The restore columns are NULL in rows from schema 1.
+-- replaced by durable versions. The restore columns are NULL in rows from schema 1. A row
+-- whose oid a version_chunks row names is not deleted: it waits for the last such version.
 CREATE TABLE garbage (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     oid         BLOB NOT NULL,
