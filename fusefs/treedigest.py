@@ -192,22 +192,19 @@ class TreeDigester:
         tree = await trio.to_thread.run_sync(load_tree, self.meta.path, top, vid)
         known: dict[tuple[int, int], bytes] = {}
         mismatches: list[str] = []
-        needs: list[Need] = []
         if verify:
-            needs = [(ino, tree.files[ino][1], row, 0) for ino, rows in
-                     tree.rows.chunks.items() for row in rows if ino in tree.files]
-        else:
+            await self._read(tree, [(ino, tree.files[ino][1], row, 0) for ino, rows in
+                                    tree.rows.chunks.items() for row in rows
+                                    if ino in tree.files], known, mismatches, progress)
+        for _ in range(2):  # what the rows tell; then again with what had to be read
+            needs: list[Need] = []
             result = await trio.to_thread.run_sync(_hash_tree, tree, self.cs, known, needs)
             if result is not None:
+                result.chunks_read = len(known)
+                result.mismatches = mismatches
                 return result
-        await self._read(tree, needs, known, mismatches, progress)
-        needs = []
-        result = await trio.to_thread.run_sync(_hash_tree, tree, self.cs, known, needs)
-        if result is None:  # cannot happen: every need was read
-            raise FusefsError("internal error: chunks still unread after reading them")
-        result.chunks_read = len(known)
-        result.mismatches = mismatches
-        return result
+            await self._read(tree, needs, known, mismatches, progress)
+        raise FusefsError("internal error: chunks still unread after reading them")
 
     async def _read(self, tree: _Tree, needs: list[Need], known: dict[tuple[int, int], bytes],
                     mismatches: list[str], progress: Progress | None) -> None:

@@ -17,7 +17,7 @@ import logging
 import stat
 import time
 
-from fusefs.errors import FusefsError
+from fusefs.errors import FsError, FusefsError
 from fusefs.meta.repo import ROOT_INODE
 from fusefs.meta.versions import VersionRow
 from fusefs.treedigest import Progress, TreeDigester
@@ -113,7 +113,11 @@ class Versioning:
         if self.versions.by_name(raw) is not None:
             raise FusefsError(f"a version named {name!r} exists already")
         for fd in list(self.fs.files.values()):
-            await fd.flush(durable=False)
+            try:
+                await fd.flush(durable=False)
+            except FsError as e:  # the writer of that file is told at its close too
+                raise FusefsError(f"an open file could not be written ({e}): no version "
+                                  "was taken") from None
         if self.versions.by_name(raw) is not None:  # created meanwhile, by another client
             raise FusefsError(f"a version named {name!r} exists already")
         source = b"/" + path.strip("/").encode(errors="surrogateescape")

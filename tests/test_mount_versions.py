@@ -166,6 +166,9 @@ def test_a_chunk_size_that_is_not_a_power_of_two_reads_to_fingerprint(
     got = fingerprint(mnt)
     assert got["fingerprint"] == plain(src)
     assert got["chunks_read"] > 0  # files of several chunks were read
+    verified = fingerprint(mnt, "--verify")
+    assert verified["fingerprint"] == verified["recorded"] == plain(src)
+    assert verified["mismatches"] == []
     mounter.umount(mnt)
 
 
