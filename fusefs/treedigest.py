@@ -164,7 +164,7 @@ def load_tree(db_path: Path, top: int, vid: int | None) -> _Tree:
         versions = VersionRepo(meta)
         row = meta.get_inode(top) if vid is None else versions.inode(vid, top)
         if row is None:
-            raise FusefsError("it is gone")
+            raise FusefsError("it was deleted meanwhile")
         if stat.S_ISDIR(row.mode):
             rows = versions.subtree(top, vid)
         else:  # one file: a tree of one entry (under no directory)
