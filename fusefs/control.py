@@ -10,12 +10,13 @@ anyway) may talk to it, enforced three times over:
   - every connection's peer is checked (SO_PEERCRED: the uid the kernel recorded at
     connect): a stranger gets one error line and is logged, in case the directory was
     opened up by hand or the socket reached through a descriptor passed on.
-Protocol: the client sends one JSON object per line ({"op": "snapshot"},
-{"op": "scrub", "repair": true, "rate": null}, or {"op": "heal", "inode": N, "chunk": I,
-"version": HEX} from a direct reader that found damage); the daemon answers with JSON
-lines: any number of {"progress": [done, total, bytes]}, then one {"result": {...}} or
-{"error": "message"}. The socket is bound through /proc/self/fd so a long volume path
-cannot exceed the 108-byte limit of socket addresses.
+Protocol: the client sends one JSON object per line ({"op": "snapshot"}, {"op": "scrub",
+"repair": true, "rate": null}, {"op": "fingerprint", "path": "/a/b", "verify": false},
+{"op": "version", "action": "create", "name": "v1", "path": "/a"}, "list", "delete", or
+{"op": "heal", "inode": N, "chunk": I, "version": HEX} from a direct reader that found
+damage); the daemon answers with JSON lines: any number of {"progress": [done, total,
+bytes]}, then one {"result": ...} or {"error": "message"}. The socket is bound through
+/proc/self/fd so a long volume path cannot exceed the 108-byte limit of socket addresses.
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
 from fusefs.errors import FusefsError
 from fusefs.meta.repo import ChunkRow
+from fusefs.versioning import Versioning
 from fusefs.volume import Volume
 from fusefs.volumedir import SOCKET_NAME
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PROGRESS_INTERVAL = 0.2  # seconds between progress messages
 _REFUSAL_READ_TIMEOUT = 5  # seconds a refused client gets to send its request
@@ -49,13 +53,16 @@ def _address(volume_dir: Path) -> tuple[int, str]:
 
 
 class ControlServer:
-    def __init__(self, volume_dir: Path, volume: Volume) -> None:
+    def __init__(self, volume_dir: Path, volume: Volume,
+                 versioning: Versioning | None = None) -> None:
         self.path = volume_dir / SOCKET_NAME
         self.volume_dir = volume_dir
         self.volume = volume
+        self.versioning = versioning
         self._scrub_lock = trio.Lock()
         self._background: trio.Nursery | None = None  # chunk checks asked for by `heal`
         self._checks = trio.CapacityLimiter(HEAL_CHECKS)
+        self._version_lock = trio.Lock()  # one version change at a time
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.path.unlink(missing_ok=True)
@@ -90,6 +97,8 @@ class ControlServer:
                         await self._snapshot(stream)
                     elif request.get("op") == "heal":
                         await self._heal(stream, request)
+                    elif request.get("op") in ("fingerprint", "version"):
+                        await self._versions(stream, request)
                     else:
                         raise FusefsError(f"unknown request {request.get('op')!r}")
                 except (FusefsError, ValueError) as e:
@@ -153,17 +162,52 @@ class ControlServer:
 
             scrubber = self.volume.scrubber(repair=bool(request.get("repair", True)),
                                             rate=request.get("rate"), progress=progress)
-            async with trio.open_nursery() as nursery:
-                async def reporter() -> None:
-                    while True:
-                        await trio.sleep(_PROGRESS_INTERVAL)
-                        if pending:
-                            await _send(stream, {"progress": list(pending.pop())})
-
-                nursery.start_soon(reporter)
-                report = await scrubber.run()
-                nursery.cancel_scope.cancel()
+            report = await _reporting(stream, pending, scrubber.run())
             await _send(stream, {"result": report.as_dict()})
+
+    async def _versions(self, stream: trio.SocketStream, request: dict) -> None:
+        """Fingerprints and named versions (`versioning`)."""
+        if self.versioning is None:
+            raise FusefsError("this daemon does not serve versions")
+        path = str(request.get("path") or "/")
+        if request["op"] == "fingerprint":
+            pending: list[tuple[int, int, int]] = []
+            got = await _reporting(stream, pending, self.versioning.fingerprint(
+                path, verify=bool(request.get("verify")),
+                progress=lambda done, total: pending.__setitem__(slice(None),
+                                                                 [(done, total, 0)])))
+            await _send(stream, {"result": got})
+            return
+        action = request.get("action")
+        if action == "list":
+            await _send(stream, {"result": await self.versioning.list()})
+            return
+        if action not in ("create", "delete"):
+            raise FusefsError(f"unknown version action {action!r}")
+        async with self._version_lock:
+            name = str(request.get("name") or "")
+            if action == "create":
+                result = await self.versioning.create(name, path)
+            else:
+                result = await self.versioning.delete(name)
+        await _send(stream, {"result": result})
+
+
+async def _reporting(stream: trio.SocketStream, pending: list[tuple[int, int, int]],
+                     work: Awaitable[T]) -> T:
+    """Await `work`, sending what it leaves in `pending` as progress every
+    _PROGRESS_INTERVAL."""
+    async with trio.open_nursery() as nursery:
+        async def reporter() -> None:
+            while True:
+                await trio.sleep(_PROGRESS_INTERVAL)
+                if pending:
+                    await _send(stream, {"progress": list(pending.pop())})
+
+        nursery.start_soon(reporter)
+        result = await work
+        nursery.cancel_scope.cancel()
+    return result
 
 
 def _bind_private(volume_dir: Path) -> socket.socket:

@@ -231,12 +231,12 @@ class Healer:
                 continue
             if self.health.write_refusal(row.placement[share]) is not None:
                 continue
-            inode = self.meta.get_inode(ino)
-            if inode is None:
+            file_id = self.meta.file_id_of(ino)  # a version may hold a deleted file's chunk
+            if file_id is None:
                 self.meta.repair_done(oid, share)
                 continue
             try:
-                got = await self.reader.read(ino, inode.file_id, row)
+                got = await self.reader.read(ino, file_id, row)
             except ChunkUnrecoverable:
                 continue
             bad = dict(got.bad)

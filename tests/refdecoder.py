@@ -6,8 +6,11 @@ can still be read with this one file, the volume directory (fusefs.toml, meta.db
 and the key. It imports nothing from fusefs: it also proves that the format document is
 complete. Needs Python 3.11+, `cryptography`, `zfec` and `xxhash`.
 
-    python refdecoder.py list VOLUME
-    python refdecoder.py extract VOLUME DEST [--key-file KEY] [--store PATH ...]
+    python refdecoder.py list VOLUME [--version NAME]
+    python refdecoder.py extract VOLUME DEST [--key-file KEY] [--store PATH ...] [--version NAME]
+
+`--version NAME` reads the named version (schema 3) instead of the live tree: its own rows in
+the version_* tables, whose chunk rows name shares like the live tree's do.
 
 `--store PATH` (repeated, in store-index order, one per store) replaces the config's store
 URLs: for stores that moved. Only local (`file://`) stores are read; an `s3://` store counts
@@ -50,7 +53,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 FORMATS = (2, 3)
-SCHEMA_VERSIONS = ("1", "2")  # 2 added to garbage and the unreadable table: not read here
+SCHEMA_VERSIONS = ("1", "2", "3")  # 2 added to garbage and the unreadable table: not read
+#                                     here; 3 chunk content digests (not needed to read) and
+#                                     the named versions (--version)
 TAG = 16
 
 
@@ -121,6 +126,27 @@ class Volume:
     db: sqlite3.Connection
     master: bytes | None = None
     _keep: list[object] = field(default_factory=list)
+    vid: int | None = None  # a named version's id; None: the live tree
+    root: int = 1  # the top directory's inode
+
+    def rows(self, table: str, columns: str, where: str = "", args: tuple = ()) -> list:
+        """`SELECT columns FROM table [WHERE where]` of the live tree, or of the version."""
+        if self.vid is None:
+            sql = f"SELECT {columns} FROM {table}" + (f" WHERE {where}" if where else "")
+            return self.db.execute(sql, args).fetchall()
+        sql = f"SELECT {columns} FROM version_{table} WHERE vid = ?" + (
+            f" AND {where}" if where else "")
+        return self.db.execute(sql, (self.vid, *args)).fetchall()
+
+    def use_version(self, name: str) -> None:
+        try:
+            found = self.db.execute("SELECT id, root FROM versions WHERE name = ?",
+                                    (os.fsencode(name),)).fetchone()
+        except sqlite3.OperationalError:
+            found = None  # a schema without versions
+        if found is None:
+            raise Fatal(f"{self.path}: no version named {name!r}")
+        self.vid, self.root = found
 
     @classmethod
     def open(cls, path: Path, key_file: Path | None, stores: list[str] | None,
@@ -285,15 +311,14 @@ class Entry:
 
 
 def walk(vol: Volume) -> Iterator[Entry]:
-    """Every name reachable from the root (inode 1), parents before children."""
+    """Every name reachable from the root (inode 1, or a version's top directory), parents
+    before children."""
     children: dict[int, list[tuple[bytes, int]]] = {}
-    for parent, name, ino in vol.db.execute(
-            "SELECT parent, name, inode FROM dentries ORDER BY parent, name"):
+    for parent, name, ino in sorted(vol.rows("dentries", "parent, name, inode")):
         children.setdefault(parent, []).append((bytes(name), ino))
-    inodes = {row[0]: row for row in vol.db.execute(
-        "SELECT id, file_id, mode, uid, gid, size, rdev, atime_ns, mtime_ns, target"
-        " FROM inodes")}
-    todo, seen = [(b"", 1)], {1}
+    inodes = {row[0]: row for row in vol.rows(
+        "inodes", "id, file_id, mode, uid, gid, size, rdev, atime_ns, mtime_ns, target")}
+    todo, seen = [(b"", vol.root)], {vol.root}
     while todo:
         prefix, parent = todo.pop(0)
         for name, ino in children.get(parent, []):
@@ -310,9 +335,9 @@ def walk(vol: Volume) -> Iterator[Entry]:
 
 
 def chunks_of(vol: Volume, e: Entry) -> Iterator[Chunk]:
-    for idx, version, oid, length, placement, digests in vol.db.execute(
-            "SELECT idx, version, oid, length, placement, digests FROM chunks"
-            " WHERE inode = ? ORDER BY idx", (e.inode,)):
+    for idx, version, oid, length, placement, digests in sorted(vol.rows(
+            "chunks", "idx, version, oid, length, placement, digests", "inode = ?",
+            (e.inode,))):
         yield Chunk(e.file_id, idx, version, bytes(oid), length, bytes(placement),
                     bytes(digests))
 
@@ -335,8 +360,7 @@ def set_meta(vol: Volume, e: Entry, dest: Path) -> None:
         os.chown(dest, e.uid, e.gid, follow_symlinks=False)
     if not link:
         os.chmod(dest, stat.S_IMODE(e.mode))
-        for name, value in vol.db.execute(
-                "SELECT name, value FROM xattrs WHERE inode = ?", (e.inode,)):
+        for name, value in vol.rows("xattrs", "name, value", "inode = ?", (e.inode,)):
             name = name.encode() if isinstance(name, str) else bytes(name)
             try:
                 os.setxattr(dest, name, bytes(value))
@@ -413,11 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--key-file", type=Path, help="master key (default VOLUME/fusefs.key)")
         p.add_argument("--store", action="append", metavar="PATH",
                        help="store directory replacing the config's URL (repeat, in order)")
+        p.add_argument("--version", metavar="NAME", help="a named version, not the live tree")
     args = ap.parse_args(argv)
     try:
         vol = Volume.open(args.volume, args.key_file, args.store,
                           need_key=args.command == "extract")
         try:
+            if args.version is not None:
+                vol.use_version(args.version)
             if args.command == "list":
                 for line in list_tree(vol):
                     print(line)

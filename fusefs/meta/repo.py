@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusefs.errors import ConfigError
-from fusefs.meta.schema import SCHEMA_VERSION, create_tables, migrate
+from fusefs.meta.schema import SCHEMA_VERSION, create_tables, migrate, read_as_current
 
 ROOT_INODE = 1
 _WAL_CHECKPOINT_BYTES = 64 << 20  # checkpoint at a durable point once the WAL grows past this
 
-_INODE_COLS = "id, file_id, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, target"
-_INODE_COLS_I = ", ".join(f"i.{c.strip()}" for c in _INODE_COLS.split(","))
+INODE_COLS = "id, file_id, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, target"
+_INODE_COLS_I = ", ".join(f"i.{c.strip()}" for c in INODE_COLS.split(","))
+CHUNK_COLS = "idx, version, oid, length, placement, digests, content"
 
 
 @dataclass(slots=True)
@@ -54,6 +55,7 @@ class ChunkRow:
     length: int
     placement: bytes
     digests: bytes
+    content: bytes | None = None  # content digest of the plaintext (None: not known yet)
 
     def share_digest(self, share: int) -> bytes:
         return self.digests[16 * share : 16 * share + 16]
@@ -100,8 +102,10 @@ class MetaRepo:
                 "SELECT value FROM dbinfo WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row is not None and row[0].isdigit() else None
             if version is not None and 1 <= version < SCHEMA_VERSION and not read_only:
-                migrate(self.db, version)  # read-only opens read older schemas as they are
+                migrate(self.db, version)
                 version = SCHEMA_VERSION
+            elif version is not None and 1 <= version < SCHEMA_VERSION:
+                read_as_current(self.db, version)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
         if version is None or not 1 <= version <= SCHEMA_VERSION:
@@ -201,7 +205,7 @@ class MetaRepo:
 
     # -- inodes --------------------------------------------------------------------------
     def get_inode(self, ino: int) -> InodeRow | None:
-        row = self.db.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE id=?", (ino,)).fetchone()
+        row = self.db.execute(f"SELECT {INODE_COLS} FROM inodes WHERE id=?", (ino,)).fetchone()
         return InodeRow(*row) if row else None
 
     def create_inode(self, file_id: bytes, mode: int, uid: int, gid: int, nlink: int,
@@ -288,16 +292,14 @@ class MetaRepo:
 
     # -- chunks --------------------------------------------------------------------------
     def get_chunk(self, ino: int, idx: int) -> ChunkRow | None:
-        row = self.db.execute(
-            "SELECT idx, version, oid, length, placement, digests FROM chunks"
-            " WHERE inode=? AND idx=?", (ino, idx)).fetchone()
+        row = self.db.execute(f"SELECT {CHUNK_COLS} FROM chunks WHERE inode=? AND idx=?",
+                              (ino, idx)).fetchone()
         return ChunkRow(*row) if row else None
 
     def chunks_of(self, ino: int) -> list[ChunkRow]:
         """Every chunk row of a file, in index order."""
         return [ChunkRow(*r) for r in self.db.execute(
-            "SELECT idx, version, oid, length, placement, digests FROM chunks WHERE inode=?"
-            " ORDER BY idx", (ino,))]
+            f"SELECT {CHUNK_COLS} FROM chunks WHERE inode=? ORDER BY idx", (ino,))]
 
     def chunk_version(self, ino: int, idx: int) -> int:
         row = self.db.execute("SELECT version FROM chunks WHERE inode=? AND idx=?",
@@ -311,33 +313,57 @@ class MetaRepo:
             self._to_garbage("idx=?", ino, chunk.idx)
             if size is not None:
                 self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
-            self.db.execute(
-                "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
-                " digests) VALUES (?,?,?,?,?,?,?)",
-                (ino, chunk.idx, chunk.version, chunk.oid, chunk.length, chunk.placement,
-                 chunk.digests))
+            self._insert_chunk(ino, chunk)
+
+    def _insert_chunk(self, ino: int, row: ChunkRow) -> None:
+        self.db.execute(
+            f"INSERT OR REPLACE INTO chunks (inode, {CHUNK_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+            (ino, row.idx, row.version, row.oid, row.length, row.placement, row.digests,
+             row.content))
+
+    def set_content(self, oid: bytes, content: bytes) -> None:
+        """Record the content digest of a chunk version written before digests were kept
+        (computed by reading it), in the live tree and in every version that shares it."""
+        with self.transaction():
+            self.db.execute("UPDATE chunks SET content=? WHERE oid=? AND content IS NULL",
+                            (content, oid))
+            self.db.execute("UPDATE version_chunks SET content=? WHERE oid=?"
+                            " AND content IS NULL", (content, oid))
 
     def set_share_digest(self, ino: int, idx: int, oid: bytes, share: int,
                          digest: bytes) -> None:
         """Record a share's checksum after a heal proved it by authentication (the stored
-        digest matched forged bytes). Only the named chunk version is touched."""
-        row = self.db.execute("SELECT digests FROM chunks WHERE inode=? AND idx=? AND oid=?",
-                              (ino, idx, oid)).fetchone()
-        if row is None:
-            return
-        digests = bytearray(row[0])
-        digests[16 * share : 16 * share + 16] = digest
-        self.db.execute("UPDATE chunks SET digests=? WHERE inode=? AND idx=? AND oid=?",
-                        (bytes(digests), ino, idx, oid))
+        digest matched forged bytes). Only the named chunk version is touched, wherever it
+        is recorded (the live tree, named versions)."""
+        for table in ("chunks", "version_chunks"):
+            row = self.db.execute(f"SELECT digests FROM {table} WHERE inode=? AND idx=?"
+                                  " AND oid=? LIMIT 1", (ino, idx, oid)).fetchone()
+            if row is None:
+                continue
+            digests = bytearray(row[0])
+            digests[16 * share : 16 * share + 16] = digest
+            self.db.execute(f"UPDATE {table} SET digests=? WHERE inode=? AND idx=? AND oid=?",
+                            (bytes(digests), ino, idx, oid))
 
     def chunks_after(self, ino: int, idx: int, limit: int) -> list[tuple[int, bytes, ChunkRow]]:
         """Chunk rows after (ino, idx) in (inode, index) order, with each file's id: a cursor
         that stays valid while files change (scrub)."""
         rows = self.db.execute(
             "SELECT c.inode, i.file_id, c.idx, c.version, c.oid, c.length, c.placement,"
-            " c.digests FROM chunks c JOIN inodes i ON i.id = c.inode"
+            " c.digests, c.content FROM chunks c JOIN inodes i ON i.id = c.inode"
             " WHERE (c.inode, c.idx) > (?, ?) ORDER BY c.inode, c.idx LIMIT ?",
             (ino, idx, limit))
+        return [(r[0], r[1], ChunkRow(*r[2:])) for r in rows]
+
+    def version_only_chunks(self) -> list[tuple[int, bytes, ChunkRow]]:
+        """Chunk versions only named versions still hold (the live tree replaced or deleted
+        them), once each, with their file ids: what scrub verifies besides the live tree."""
+        rows = self.db.execute(
+            "SELECT v.inode, i.file_id, v.idx, v.version, v.oid, v.length, v.placement,"
+            " v.digests, v.content FROM version_chunks v JOIN version_inodes i"
+            " ON i.vid = v.vid AND i.id = v.inode WHERE NOT EXISTS (SELECT 1 FROM chunks c"
+            " WHERE c.inode = v.inode AND c.idx = v.idx AND c.oid = v.oid)"
+            " GROUP BY v.oid ORDER BY v.inode, v.idx")
         return [(r[0], r[1], ChunkRow(*r[2:])) for r in rows]
 
     def chunk_count(self) -> int:
@@ -345,13 +371,26 @@ class MetaRepo:
 
     def all_versions(self) -> list[tuple[bytes, bytes]]:
         """(oid, placement) of every chunk version whose shares must stay in the stores:
-        current chunks and garbage not yet deleted."""
+        current chunks, chunks of named versions and garbage not yet deleted."""
         return self.db.execute("SELECT oid, placement FROM chunks UNION ALL "
+                               "SELECT oid, placement FROM version_chunks UNION ALL "
                                "SELECT oid, placement FROM garbage").fetchall()
 
     def chunk_by_oid(self, ino: int, idx: int, oid: bytes) -> ChunkRow | None:
+        """The chunk version `oid` of (ino, idx) if the live tree or a named version still
+        has it (a heal or repair of it is still wanted)."""
         row = self.get_chunk(ino, idx)
-        return row if row is not None and row.oid == oid else None
+        if row is not None and row.oid == oid:
+            return row
+        row = self.db.execute(f"SELECT {CHUNK_COLS} FROM version_chunks WHERE oid=? AND"
+                              " inode=? AND idx=? LIMIT 1", (oid, ino, idx)).fetchone()
+        return ChunkRow(*row) if row else None
+
+    def file_id_of(self, ino: int) -> bytes | None:
+        """The file id of an inode of the live tree or, once gone from it, of a version."""
+        row = self.db.execute("SELECT file_id FROM inodes WHERE id=? UNION ALL SELECT file_id"
+                              " FROM version_inodes WHERE id=? LIMIT 1", (ino, ino)).fetchone()
+        return row[0] if row else None
 
     # -- repair queue --------------------------------------------------------------------
     def queue_repair(self, oid: bytes, share: int, ino: int, idx: int, reason: str,
@@ -386,20 +425,23 @@ class MetaRepo:
         file's size as it is now (before the caller changes it)."""
         self.db.execute(
             "INSERT INTO garbage (oid, placement, inode, idx, version, length, digests,"
-            " size_before) SELECT c.oid, c.placement, c.inode, c.idx, c.version, c.length,"
-            f" c.digests, i.size FROM chunks c JOIN inodes i ON i.id = c.inode"
-            f" WHERE c.inode=? AND c.{which}", (ino, idx))
+            " content, size_before) SELECT c.oid, c.placement, c.inode, c.idx, c.version,"
+            " c.length, c.digests, c.content, i.size FROM chunks c JOIN inodes i"
+            f" ON i.id = c.inode WHERE c.inode=? AND c.{which}", (ino, idx))
 
     def garbage(self, limit: int = 1000, published_before_ns: int | None = None
                 ) -> list[tuple[int, bytes, bytes]]:
         """Garbage rows to delete; with `published_before_ns`, only those that a snapshot
-        published before then no longer names (followers have moved past them)."""
+        published before then no longer names (followers have moved past them). Rows of a
+        chunk version a named version still holds are not deletable: they wait (their
+        shares go once the last version holding them is deleted)."""
+        held = "NOT EXISTS (SELECT 1 FROM version_chunks v WHERE v.oid = g.oid)"
         if published_before_ns is None:
-            return self.db.execute("SELECT id, oid, placement FROM garbage ORDER BY id"
-                                   " LIMIT ?", (limit,)).fetchall()
+            return self.db.execute(f"SELECT id, oid, placement FROM garbage g WHERE {held}"
+                                   " ORDER BY id LIMIT ?", (limit,)).fetchall()
         return self.db.execute(
-            "SELECT id, oid, placement FROM garbage WHERE published_ns <= ? ORDER BY id"
-            " LIMIT ?", (published_before_ns, limit)).fetchall()
+            f"SELECT id, oid, placement FROM garbage g WHERE published_ns <= ? AND {held}"
+            " ORDER BY id LIMIT ?", (published_before_ns, limit)).fetchall()
 
     def mark_garbage_published(self, up_to_id: int, now_ns: int,
                                except_inodes: set[int] = frozenset()) -> None:
@@ -463,7 +505,7 @@ class MetaRepo:
         """Replaced chunk rows whose replacement may not be durable (committed after the
         last durable point), oldest first: (garbage id, inode, size before, row)."""
         rows = self.db.execute(
-            "SELECT id, inode, size_before, idx, version, oid, length, placement, digests"
+            f"SELECT id, inode, size_before, {CHUNK_COLS}"
             " FROM garbage WHERE id > ? AND inode IS NOT NULL ORDER BY id",
             (self.durable_garbage_id(),))
         return [(r[0], r[1], r[2], ChunkRow(*r[3:])) for r in rows]
@@ -475,10 +517,7 @@ class MetaRepo:
         with self.transaction():
             self._to_garbage("idx=?", ino, row.idx)
             self.db.execute("DELETE FROM garbage WHERE id=?", (gid,))
-            self.db.execute(
-                "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
-                " digests) VALUES (?,?,?,?,?,?,?)",
-                (ino, row.idx, row.version, row.oid, row.length, row.placement, row.digests))
+            self._insert_chunk(ino, row)
             if size is not None:
                 self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
 
