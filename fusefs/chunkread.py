@@ -11,6 +11,7 @@ what it found (`ChunkRead`), and the volume hands the damage to the healer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -18,7 +19,7 @@ import trio
 from fusefs import metrics
 from fusefs.codec import chunk as chunkcodec
 from fusefs.codec.erasure import Buffer
-from fusefs.errors import ChunkUnrecoverable
+from fusefs.errors import ChunkReplaced, ChunkUnrecoverable
 from fusefs.events import EventLog
 from fusefs.health import UNREACHABLE, StoreHealth
 from fusefs.layout import Layout
@@ -109,12 +110,17 @@ def _open_span(lay: Layout, file_id: bytes, row: ChunkRow, ct: bytes, span: chun
 
 class ChunkReader:
     def __init__(self, lay: Layout, health: StoreHealth, policy: IoPolicy,
-                 events: EventLog, meta: MetaRepo | None = None) -> None:
+                 events: EventLog, meta: MetaRepo | None = None,
+                 current: Callable[[int, ChunkRow], bool] | None = None) -> None:
+        """`current` (a reader beside a writing mount: the direct API) tells whether a chunk
+        version is still the file's: before an unreadable chunk is reported, a version that
+        a rewrite replaced (its shares deleted) raises ChunkReplaced instead, no event."""
         self.lay = lay
         self.health = health
         self.policy = policy
         self.events = events
         self.meta = meta  # where chunks found unrecoverable are noted (status: at risk)
+        self.current = current
         self._unreadable = meta.unreadable_oids() if meta is not None else set()
 
     async def read(self, ino: int, file_id: bytes, row: ChunkRow, *,
@@ -133,6 +139,27 @@ class ChunkReader:
                 result = await self._read_async(file_id, st, every_share)
         else:
             result = await self._read_async(file_id, st, every_share)
+        return self._outcome(ino, st, result, every_share, quiet)
+
+    def read_now(self, ino: int, file_id: bytes, row: ChunkRow) -> ChunkRead:
+        """`read`, carried out in the calling thread with the stores' blocking calls (every
+        store must offer them: `policy.reads`). For a process that reads outside any event
+        loop (the direct API in a loader worker), where starting one per chunk would cost
+        more than reading a small file. No timeout: nothing else waits on this thread."""
+        st = ShareSet(self.lay, row)
+        run = BlockingRun(self.lay, self.health.down_now())
+        if st.size >= HINT_MIN_SHARE:
+            self._will_need(row, run.down)
+        try:
+            result = run.drive(_whole(self.lay, file_id, st, False))
+        finally:
+            for si, err in run.failures.items():
+                self.health.mark_down(si, err)
+        return self._outcome(ino, st, result, False, False)
+
+    def _outcome(self, ino: int, st: ShareSet, result: object, every_share: bool,
+                 quiet: bool) -> ChunkRead:
+        row = st.row
         if result is None:
             self._unrecoverable(ino, row, st.bad, quiet)
         if st.bad and not every_share:
@@ -140,7 +167,7 @@ class ChunkReader:
         if row.oid in self._unreadable and self.meta is not None:
             self._unreadable.discard(row.oid)  # whole again, whatever made it so
             self.meta.clear_unreadable(row.oid)
-        plain, padded = result
+        plain, padded = result  # type: ignore[misc]
         return ChunkRead(plain, st.good, st.bad, padded)
 
     async def _read_blocking(self, file_id: bytes, st: ShareSet, every_share: bool
@@ -171,11 +198,9 @@ class ChunkReader:
         share, a segment that does not authenticate): the caller then reads the whole chunk,
         which finds the bad share by its checksum, rebuilds, records and heals.
         """
-        span = chunkcodec.segment_span(start, end, row.length, self.lay.seg)
-        pieces = span.pieces(self.lay.share_size(row.length))
-        if any(self.health.down(row.placement[i]) for i, _, _ in pieces):
+        plan = self._span_plan(file_id, row, start, end)
+        if plan is None:
             return None
-        plan = _span(self.lay, file_id, row, span, pieces, end - start)
         if self.policy.ranges:
             try:
                 return await self.policy.read(end - start, BlockingRun(
@@ -183,6 +208,20 @@ class ChunkReader:
             except trio.TooSlowError:
                 return None
         return await AsyncRun(self.lay, self.health).drive(plan)
+
+    def read_span_now(self, file_id: bytes, row: ChunkRow, start: int, end: int
+                      ) -> bytes | None:
+        """`read_span` in the calling thread (`read_now`'s counterpart; `policy.ranges`)."""
+        plan = self._span_plan(file_id, row, start, end)
+        return None if plan is None else BlockingRun(self.lay, frozenset()).drive(plan)
+
+    def _span_plan(self, file_id: bytes, row: ChunkRow, start: int, end: int) -> Plan | None:
+        """The plan of a ranged read, or None when a store it needs is bypassed."""
+        span = chunkcodec.segment_span(start, end, row.length, self.lay.seg)
+        pieces = span.pieces(self.lay.share_size(row.length))
+        if any(self.health.down(row.placement[i]) for i, _, _ in pieces):
+            return None
+        return _span(self.lay, file_id, row, span, pieces, end - start)
 
     def announce(self, row: ChunkRow) -> None:
         """Tell local disks that a read of this chunk's data shares is coming (a small file
@@ -204,6 +243,9 @@ class ChunkReader:
 
     def _unrecoverable(self, ino: int, row: ChunkRow, bad: dict[int, str],
                        quiet: bool = False) -> None:
+        if self.current is not None and not self.current(ino, row):
+            raise ChunkReplaced(f"chunk {row.idx} of inode {ino} was rewritten while it was "
+                                "read (its old shares are gone)")
         if not quiet:
             metrics.unrecoverable_chunk()
         if not quiet and self.meta is not None:

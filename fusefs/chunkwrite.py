@@ -18,6 +18,7 @@ import trio
 
 from fusefs import placement
 from fusefs.codec import chunk as chunkcodec
+from fusefs.codec.digest import content as content_digest
 from fusefs.durability import delete_shares
 from fusefs.errors import StoreError, StoreFull
 from fusefs.events import EventLog
@@ -34,19 +35,21 @@ STORE_SLOW = "store_slow"  # a share still being stored when its write returned 
 
 
 def _seal(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview
-          ) -> tuple[list, list[bytes]]:
+          ) -> tuple[list, list[bytes], bytes]:
     """Encrypt and erasure-code one chunk (the file key too: deriving a new file's key is
-    HKDF work the event loop need not do for big chunks)."""
+    HKDF work the event loop need not do for big chunks), and take the content digest of
+    its plaintext (fingerprints) in the same worker-thread hop."""
     aead, nonce_id = lay.cipher(cid.file_id, oid)
-    return chunkcodec.seal(aead, cid, nonce_id, plain, lay.k, lay.m, lay.seg)
+    shares, digests = chunkcodec.seal(aead, cid, nonce_id, plain, lay.k, lay.m, lay.seg)
+    return shares, digests, content_digest(plain)
 
 
 def _store(lay: Layout, cid: chunkcodec.ChunkId, oid: bytes, plain: bytes | memoryview,
            where: bytes, packs: PackWriter | None) -> Plan:
     """Seal, then put share i on store where[i] (into its pack, with `packs`). Returns
-    (digests, PutResult)."""
-    shares, digests = yield Compute(len(plain), _seal, (lay, cid, oid, plain))
-    return digests, (yield Put(oid, shares, where, packs))
+    (digests, content, PutResult)."""
+    shares, digests, content = yield Compute(len(plain), _seal, (lay, cid, oid, plain))
+    return digests, content, (yield Put(oid, shares, where, packs))
 
 
 class ChunkWriter:
@@ -92,13 +95,14 @@ class ChunkWriter:
                                           for si in where):
                 run = BlockingRun(lay, frozenset())
                 try:
-                    digests, put = await self.policy.write(len(plain), run.drive, plan)
+                    digests, content, put = await self.policy.write(len(plain), run.drive,
+                                                                    plan)
                 finally:
                     for si, e in run.failures.items():
                         self.health.mark_down(si, e)
             else:
-                digests, put = await AsyncRun(lay, self.health, background=self.nursery,
-                                              late=self._late).drive(plan)
+                digests, content, put = await AsyncRun(
+                    lay, self.health, background=self.nursery, late=self._late).drive(plan)
             if lay.n - len(put.failed) < lay.quorum:
                 await self._undo(oid, where, put.failed)
         except BaseException:
@@ -108,8 +112,9 @@ class ChunkWriter:
         missing = {i: "store_full" if isinstance(e, StoreFull) else UNREACHABLE
                    for i, e in sorted(put.failed.items())}
         missing.update({i: STORE_SLOW for i in put.pending})
-        return ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests),
-                        put.row_locs(lay.n)), missing
+        row = ChunkRow(idx, cid.version, oid, len(plain), where, b"".join(digests), content,
+                       put.row_locs(lay.n))
+        return row, missing
 
     def forget(self, oid: bytes) -> None:
         """An oid written without a chunk row to commit (a snapshot object) is recorded

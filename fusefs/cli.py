@@ -1,5 +1,5 @@
 """The `fusefs` command: init, mount, umount, scrub, compact, status, snapshot, recover,
-store claim.
+store claim, fingerprint, version.
 
 Exit status: 0 success; 1 failure with a one-line message on stderr; 2 usage error.
 Only `FusefsError` messages are shown to the user; anything else is a bug and is reported as
@@ -51,6 +51,8 @@ ENVIRONMENT = {
     ("mount", "allow_other"): "FUSEFS_ALLOW_OTHER",
     ("mount", "init"): "FUSEFS_INIT",
     ("mount", "follow"): "FUSEFS_FOLLOW",
+    ("mount", "expect_fingerprint"): "FUSEFS_EXPECT_FINGERPRINT",  # [VERSION=]HASH, several
+    #                                                          separated by spaces or commas
     ("health", "mountpoint"): "FUSEFS_MOUNTPOINT",
 }
 
@@ -73,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     s.add_argument("--key-file", metavar="PATH")
     s.add_argument("--foreground", action="store_true", help="do not daemonize; log to stderr")
-    s.add_argument("--read-only", action="store_true")
+    s.add_argument("--read-only", action="store_true",
+                   help="read-only; in dataset mode unless --no-dataset")
+    s.add_argument("--no-dataset", action="store_true",
+                   help="read-only mounts: no dataset mode (short kernel caches, every "
+                   "OPEN and FLUSH answered)")
     s.add_argument("--allow-other", action="store_true", help="let other users access it")
     s.add_argument("--follow", action="store_true",
                    help="a follower (read-only): switch to each new snapshot of the writer")
@@ -84,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--init", action="store_true",
                    help="create the volume first when VOLUME holds none (init's options "
                         "from the environment), and MOUNTPOINT when missing")
+    s.add_argument("--expect-fingerprint", action="append", metavar="[VERSION=]HASH",
+                   help="refuse to serve unless the volume's root (or version VERSION) has "
+                        "this fingerprint (repeat for several)")
     s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     s = sub.add_parser("health", help="exit 0 when a mount answers (health/startup probes)")
@@ -127,6 +136,30 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--follower", action="store_true",
                    help="a read-only follower of the writer, not a new writer")
 
+    s = sub.add_parser("fingerprint", help="the content fingerprint of a directory tree or "
+                       "file (in a mount: from the metadata; elsewhere: by reading it)")
+    s.add_argument("path", metavar="PATH")
+    s.add_argument("--verify", action="store_true",
+                   help="in a mount: re-read every byte through the verified read path and "
+                        "compare with the metadata (exit 1 when they differ)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("version", help="immutable named versions of a mounted volume's trees")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    v = verbs.add_parser("create", help="take a read-only, copy-on-write version of a tree")
+    v.add_argument("mountpoint", metavar="MOUNTPOINT")
+    v.add_argument("name", metavar="NAME")
+    v.add_argument("path", metavar="PATH", nargs="?",
+                   help="the directory to take (in the mount; default: its root)")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    v = verbs.add_parser("list", help="list the versions and their fingerprints")
+    v.add_argument("mountpoint", metavar="MOUNTPOINT")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    v = verbs.add_parser("delete", help="delete a version (its data goes when no longer "
+                         "needed)")
+    v.add_argument("mountpoint", metavar="MOUNTPOINT")
+    v.add_argument("name", metavar="NAME")
+
     s = sub.add_parser("store", help="act on one store of a volume")
     verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
     v = verbs.add_parser("claim", help="make a store that is in doubt this volume's again "
@@ -155,7 +188,8 @@ def _init_options(s: argparse.ArgumentParser) -> None:
                         "published, for followers (default: 3 snapshot intervals)")
     s.add_argument("--pack-below", metavar="SIZE",
                    help="shares smaller than this go into pack objects, one per store "
-                        "(default 256K; 0: every share is an object of its own)")
+                        "(default 0: every share is an object of its own; 256K suits "
+                        "datasets of many small files)")
     s.add_argument("--pack-size", metavar="SIZE",
                    help="a pack object is sealed at this size (default 16M)")
     s.add_argument("--key-file", metavar="PATH",
@@ -178,7 +212,7 @@ def apply_environment(p: argparse.ArgumentParser, args: argparse.Namespace,
         current = getattr(args, dest)
         if current not in (None, False, []):
             continue
-        if dest == "store":
+        if dest in ("store", "expect_fingerprint"):
             setattr(args, dest, value.replace(",", " ").split())
         elif dest in ("data_shares", "parity_shares", "snapshot_interval", "gc_grace"):
             try:
@@ -285,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
 
             recover(args.volume, args.store, args.key_file, args.follower)
             return 0
+        if args.command == "fingerprint":
+            from fusefs.versioncmd import fingerprint
+
+            return fingerprint(args)
+        if args.command == "version":
+            from fusefs.versioncmd import version
+
+            return version(args)
         if args.command == "store":
             from fusefs.admin import claim_store
 
@@ -322,7 +364,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
             os.makedirs(args.mountpoint, mode=0o755)
     opts = MountOptions(read_only=args.read_only, allow_other=args.allow_other,
                         metrics=args.metrics, follow=args.follow,
-                        accept_older=args.accept_older_snapshot)
+                        accept_older=args.accept_older_snapshot, dataset=not args.no_dataset,
+                        expect=parse_expectations(args.expect_fingerprint or []))
     if not args.foreground:
         vd.load()  # refuse a non-volume before touching the mountpoint
         cleaned = lifecycle.clean_dead_mount(args.mountpoint)
@@ -358,6 +401,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_expectations(values: list[str]) -> dict[str, str]:
+    """`--expect-fingerprint [VERSION=]HASH` values: version name ("" for the root) ->
+    64 lowercase hex digits."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, _, digest = value.rpartition("=")
+        digest = digest.strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise FusefsError(f"--expect-fingerprint {value}: a fingerprint is 64 hex digits "
+                              "(as `fusefs fingerprint` prints it), optionally after VERSION=")
+        if out.get(name, digest) != digest:
+            raise FusefsError(f"--expect-fingerprint: two fingerprints for "
+                              f"{name or 'the root'}")
+        out[name] = digest
+    return out
+
+
 def _spawn_daemon(vd, args: argparse.Namespace) -> int:
     """Start `mount --foreground` detached and wait until it says the mount is live."""
     from fusefs.volumedir import create_private
@@ -369,6 +429,8 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
         cmd += ["--key-file", os.path.abspath(args.key_file)]
     if args.read_only:
         cmd.append("--read-only")
+    if args.no_dataset:
+        cmd.append("--no-dataset")
     if args.allow_other:
         cmd.append("--allow-other")
     if args.follow:
@@ -377,6 +439,8 @@ def _spawn_daemon(vd, args: argparse.Namespace) -> int:
         cmd.append("--accept-older-snapshot")
     if args.metrics:
         cmd += ["--metrics", args.metrics]
+    for expected in args.expect_fingerprint or []:
+        cmd += ["--expect-fingerprint", expected]
     with os.fdopen(create_private(vd.log), "ab") as logf:
         proc = subprocess.Popen(cmd, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True, cwd="/")

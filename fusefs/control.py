@@ -11,10 +11,11 @@ anyway) may talk to it, enforced three times over:
     connect): a stranger gets one error line and is logged, in case the directory was
     opened up by hand or the socket reached through a descriptor passed on.
 Protocol: the client sends one JSON object per line ({"op": "snapshot"}, {"op": "compact"},
-or
-{"op": "scrub", "repair": true,
-"rate": null}); the daemon answers with JSON lines: any number of {"progress": [done,
-total, bytes]}, then one {"result": {...}} or {"error": "message"}. The socket is bound
+{"op": "scrub", "repair": true, "rate": null}, {"op": "fingerprint", "path": "/a/b",
+"verify": false}, {"op": "version", "action": "create", "name": "v1", "path": "/a"},
+"list", "delete", or {"op": "heal", "inode": N, "chunk": I, "version": HEX} from a direct
+reader that found damage); the daemon answers with JSON lines: any number of {"progress":
+[done, total, bytes]}, then one {"result": ...} or {"error": "message"}. The socket is bound
 through /proc/self/fd so a long volume path cannot exceed the 108-byte limit of socket
 addresses.
 """
@@ -27,19 +28,24 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
 from fusefs.errors import FusefsError
+from fusefs.meta.repo import ChunkRow
+from fusefs.versioning import Versioning
 from fusefs.volume import Volume
 from fusefs.volumedir import SOCKET_NAME
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PROGRESS_INTERVAL = 0.2  # seconds between progress messages
 _REFUSAL_READ_TIMEOUT = 5  # seconds a refused client gets to send its request
+HEAL_CHECKS = 4  # chunks handed over by direct readers that are read at once
 
 
 def _address(volume_dir: Path) -> tuple[int, str]:
@@ -48,11 +54,16 @@ def _address(volume_dir: Path) -> tuple[int, str]:
 
 
 class ControlServer:
-    def __init__(self, volume_dir: Path, volume: Volume) -> None:
+    def __init__(self, volume_dir: Path, volume: Volume,
+                 versioning: Versioning | None = None) -> None:
         self.path = volume_dir / SOCKET_NAME
         self.volume_dir = volume_dir
         self.volume = volume
+        self.versioning = versioning
         self._scrub_lock = trio.Lock()
+        self._background: trio.Nursery | None = None  # chunk checks asked for by `heal`
+        self._checks = trio.CapacityLimiter(HEAL_CHECKS)
+        self._version_lock = trio.Lock()  # one version change at a time
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.path.unlink(missing_ok=True)
@@ -60,7 +71,8 @@ class ControlServer:
         sock.listen(4)
         task_status.started()
         try:
-            await trio.serve_listeners(self._handle, [trio.SocketListener(sock)])
+            async with trio.open_nursery() as self._background:
+                await trio.serve_listeners(self._handle, [trio.SocketListener(sock)])
         finally:
             self.path.unlink(missing_ok=True)
 
@@ -86,6 +98,10 @@ class ControlServer:
                         await self._snapshot(stream)
                     elif request.get("op") == "compact":
                         await self._compact(stream)
+                    elif request.get("op") == "heal":
+                        await self._heal(stream, request)
+                    elif request.get("op") in ("fingerprint", "version"):
+                        await self._versions(stream, request)
                     else:
                         raise FusefsError(f"unknown request {request.get('op')!r}")
                 except (FusefsError, ValueError) as e:
@@ -117,6 +133,35 @@ class ControlServer:
         await self.volume.make_durable()
         await _send(stream, {"result": report.as_dict()})
 
+    async def _heal(self, stream: trio.SocketStream, request: dict) -> None:
+        """A reader beside the mount (the direct API, which never writes) found damage in a
+        chunk: read it again here, the way the mount reads, which heals what it finds. All
+        the client says is which chunk version to look at; it is answered at once."""
+        volume = self.volume
+        if not volume.healer.writes or volume.fenced:
+            raise FusefsError("this mount does not write to the stores (read-only, a "
+                              "follower, or fenced): `fusefs scrub` repairs the damage")
+        try:
+            ino, idx = int(request["inode"]), int(request["chunk"])
+            oid = bytes.fromhex(request["version"])
+        except (KeyError, TypeError, ValueError):
+            raise FusefsError("malformed heal request") from None
+        row = volume.meta.chunk_by_oid(ino, idx, oid)
+        inode = volume.meta.get_inode(ino) if row is not None else None
+        if row is None or inode is None or self._background is None:
+            await _send(stream, {"result": {"checking": False}})  # rewritten meanwhile
+            return
+        self._background.start_soon(self._check, ino, inode.file_id, row)
+        await _send(stream, {"result": {"checking": True}})
+
+    async def _check(self, ino: int, file_id: bytes, row: ChunkRow) -> None:
+        async with self._checks:
+            try:
+                await self.volume.read_chunk(ino, file_id, row)
+            except FusefsError as e:  # unrecoverable, or stores down: recorded as such
+                log.warning("chunk %d of inode %d, handed over by a direct reader: %s",
+                            row.idx, ino, e)
+
     async def _scrub(self, stream: trio.SocketStream, request: dict) -> None:
         if self._scrub_lock.locked():
             raise FusefsError("a scrub of this volume is already running")
@@ -128,17 +173,52 @@ class ControlServer:
 
             scrubber = self.volume.scrubber(repair=bool(request.get("repair", True)),
                                             rate=request.get("rate"), progress=progress)
-            async with trio.open_nursery() as nursery:
-                async def reporter() -> None:
-                    while True:
-                        await trio.sleep(_PROGRESS_INTERVAL)
-                        if pending:
-                            await _send(stream, {"progress": list(pending.pop())})
-
-                nursery.start_soon(reporter)
-                report = await scrubber.run()
-                nursery.cancel_scope.cancel()
+            report = await _reporting(stream, pending, scrubber.run())
             await _send(stream, {"result": report.as_dict()})
+
+    async def _versions(self, stream: trio.SocketStream, request: dict) -> None:
+        """Fingerprints and named versions (`versioning`)."""
+        if self.versioning is None:
+            raise FusefsError("this daemon does not serve versions")
+        path = str(request.get("path") or "/")
+        if request["op"] == "fingerprint":
+            pending: list[tuple[int, int, int]] = []
+            got = await _reporting(stream, pending, self.versioning.fingerprint(
+                path, verify=bool(request.get("verify")),
+                progress=lambda done, total: pending.__setitem__(slice(None),
+                                                                 [(done, total, 0)])))
+            await _send(stream, {"result": got})
+            return
+        action = request.get("action")
+        if action == "list":
+            await _send(stream, {"result": await self.versioning.list()})
+            return
+        if action not in ("create", "delete"):
+            raise FusefsError(f"unknown version action {action!r}")
+        async with self._version_lock:
+            name = str(request.get("name") or "")
+            if action == "create":
+                result = await self.versioning.create(name, path)
+            else:
+                result = await self.versioning.delete(name)
+        await _send(stream, {"result": result})
+
+
+async def _reporting(stream: trio.SocketStream, pending: list[tuple[int, int, int]],
+                     work: Awaitable[T]) -> T:
+    """Await `work`, sending what it leaves in `pending` as progress every
+    _PROGRESS_INTERVAL."""
+    async with trio.open_nursery() as nursery:
+        async def reporter() -> None:
+            while True:
+                await trio.sleep(_PROGRESS_INTERVAL)
+                if pending:
+                    await _send(stream, {"progress": list(pending.pop())})
+
+        nursery.start_soon(reporter)
+        result = await work
+        nursery.cancel_scope.cancel()
+    return result
 
 
 def _bind_private(volume_dir: Path) -> socket.socket:
@@ -196,9 +276,12 @@ async def _send(stream: trio.SocketStream, message: dict) -> None:
     await stream.send_all(json.dumps(message).encode() + b"\n")
 
 
-def request(volume_dir: Path, message: dict) -> Iterator[dict]:
-    """Client side (blocking): send one request, yield the daemon's messages."""
+def request(volume_dir: Path, message: dict, timeout: float | None = None
+            ) -> Iterator[dict]:
+    """Client side (blocking): send one request, yield the daemon's messages. `timeout`
+    bounds each wait for the daemon (None: wait as long as it works)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     fd, addr = _address(volume_dir)
     try:
         sock.connect(addr)

@@ -45,6 +45,11 @@ class ChunkUnrecoverable(FusefsError):
     """Fewer than K good shares exist for a chunk: the read must fail with EIO."""
 
 
+class ChunkReplaced(FusefsError):
+    """The chunk version being read is no longer the file's: a writer replaced it and its
+    shares are gone (a reader beside a writing mount). Not damage: read the new metadata."""
+
+
 class FsError(Exception):
     """A POSIX error with an errno, raised by the filesystem layer."""
 

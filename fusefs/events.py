@@ -34,10 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class EventLog:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *,
+                 first: Callable[[dict], None] | None = None) -> None:
+        """`first` (a reader inside someone else's program: the direct API) replaces the
+        log line per event: it is called with the first event only, the rest go to the
+        file alone (a whole store lost would otherwise be a line per chunk on stderr)."""
         self.path = path
         self.resolve_path: Callable[[int], str | None] = lambda ino: None
         self.count = 0
+        self.first = first
 
     def record(self, kind: str, *, action: str, store: str | None = None,
                obj: str | None = None, inode: int | None = None, chunk: int | None = None,
@@ -56,7 +61,10 @@ class EventLog:
         if detail:
             event["detail"] = detail
         self.count += 1
-        log.warning("event: %s", json.dumps(event))
+        if self.first is None:
+            log.warning("event: %s", json.dumps(event))
+        elif self.count == 1:
+            self.first(event)
         if self.path is None:
             return
         try:

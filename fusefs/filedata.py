@@ -106,15 +106,27 @@ class FileData:
         # file must not change what an open file reads (its shares outlive it for a while).
         self.pinned: dict[int, ChunkRow] | None = None
         self.pinned_inode: InodeRow | None = None
+        self._memo: dict[int, ChunkRow | None] | None = None  # rows read (dataset mode)
 
     def pin(self, inode: InodeRow) -> None:
         self.pinned = {row.idx: row for row in self.meta.chunks_of(self.ino)}
         self.pinned_inode = inode
 
-    def _row(self, idx: int) -> ChunkRow | None:
+    def memoise_rows(self) -> None:
+        """Keep every chunk row read: only for a read-only mount's files (dataset mode),
+        whose metadata does not change while this object lives."""
+        self._memo = {}
+
+    def row(self, idx: int) -> ChunkRow | None:
+        """The committed row of chunk idx (None: a hole)."""
         if self.pinned is not None:
             return self.pinned.get(idx)
-        return self.meta.get_chunk(self.ino, idx)
+        if self._memo is None:
+            return self.meta.get_chunk(self.ino, idx)
+        if idx not in self._memo:
+            self._memo[idx] = self.meta.get_chunk(self.ino, idx)
+        return self._memo[idx]
+
 
     # -- reading -------------------------------------------------------------------------
     async def load(self, row: ChunkRow) -> bytes:
@@ -166,7 +178,7 @@ class FileData:
         for idx in range(start, end):
             if idx in self.dirty or idx in self.inflight:
                 continue
-            row = self._row(idx)
+            row = self.row(idx)
             if row is None or (self.ino, idx, row.oid) in self.cache.loading:
                 continue
             if self.cache.get((self.ino, idx, row.oid)) is not None:
@@ -191,7 +203,7 @@ class FileData:
             buffered = self.inflight[idx][1]
         if buffered is not None:
             return _zero_fill(buffered[a:b], b - a)  # copied: it may still change
-        row = self._row(idx)
+        row = self.row(idx)
         if row is None or a >= row.length:
             return bytes(b - a)
         key = (self.ino, idx, row.oid)
@@ -359,7 +371,13 @@ class FileData:
             first_drop = last + 1 if keep else last
             for idx in [i for i in self.dirty if i >= first_drop]:
                 del self.dirty[idx]
-            self.meta.delete_chunks_from(self.ino, first_drop)
+            # The shorter size in the same commit as the chunks it drops: no committed
+            # state (a crash, a direct reader beside the mount) has the old size over
+            # deleted chunks, which reads as zeros; each one reads as the old file or a
+            # prefix of it.
+            with self.meta.transaction():  # garbage rows keep the size before: first
+                self.meta.delete_chunks_from(self.ino, first_drop)
+                self.meta.update_inode(self.ino, size=min(size, self.committed_size))
             if keep:
                 if last in self.dirty:
                     del self.dirty[last][keep:]

@@ -18,20 +18,22 @@ import pyfuse3
 
 from fusefs import metrics
 from fusefs.errors import FsError
+from fusefs.kernelcache import DEFAULT, KernelCache
 from fusefs.meta.repo import InodeRow
 from fusefs.vfs import FileSystem
 
 log = logging.getLogger(__name__)
 
-# We are the only writer of the volume while mounted, so the kernel may cache names and
-# attributes; 10 s keeps a stale view short if that ever changes (shared read-only mounts).
-ENTRY_TIMEOUT = 10.0
-ATTR_TIMEOUT = 10.0
+# The patched pyfuse3 (patches/pyfuse3-*.patch) hands a read without a file handle (fh 0:
+# the kernel's no-open mode) to `read_noopen(inode, off, size)`; the stock build only has
+# `read(fh, ...)`, which cannot tell the file, so no-open mode needs the patch.
+READ_BY_INODE = hasattr(pyfuse3.Operations, "read_noopen")
 _READDIR_BATCH = 32  # a readdirplus reply (one page) holds ~24 entries: fetch little more
+_OP_NAMES = {"read_noopen": "read"}  # metrics name the kernel's opcode, not the method
 
 
 def translate(fn: Callable[..., Any]) -> Callable[..., Any]:
-    op = fn.__name__
+    op = _OP_NAMES.get(fn.__name__, fn.__name__)
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,17 +61,18 @@ class FuseOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: FileSystem) -> None:
+    def __init__(self, fs: FileSystem, cache: KernelCache = DEFAULT) -> None:
         super().__init__()
         self.fs = fs
+        self.cache = cache  # what the kernel may cache and skip (decided by `mount`)
         self.blksize = fs.volume.config.chunk_size
 
     def entry(self, row: InodeRow) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = row.id
         e.generation = 0
-        e.entry_timeout = ENTRY_TIMEOUT
-        e.attr_timeout = ATTR_TIMEOUT
+        e.entry_timeout = self.cache.entry_timeout
+        e.attr_timeout = self.cache.attr_timeout
         e.st_mode = row.mode
         e.st_nlink = row.nlink
         e.st_uid = row.uid
@@ -145,6 +148,10 @@ class FuseOps(pyfuse3.Operations):
 
     @translate
     async def open(self, inode, flags, ctx):
+        if not self.cache.open:
+            # no-open mode: the kernel takes ENOSYS as "open always succeeds", keeps the
+            # page cache, sends no OPEN or RELEASE again, and reads with fh 0
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = await self.fs.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -160,6 +167,12 @@ class FuseOps(pyfuse3.Operations):
         return data
 
     @translate
+    async def read_noopen(self, inode, off, size):
+        data = await self.fs.read_inode(inode, off, size)
+        metrics.bytes_read(len(data))
+        return data
+
+    @translate
     async def write(self, fh, off, buf):
         n = await self.fs.write(fh, off, buf)
         metrics.bytes_written(n)
@@ -167,6 +180,8 @@ class FuseOps(pyfuse3.Operations):
 
     @translate
     async def flush(self, fh):
+        if not self.cache.flush:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # nothing to commit: never sent again
         await self.fs.flush(fh)
 
     @translate

@@ -43,6 +43,16 @@ DRAIN_CALM = 2.0  # seconds without overflow before the queue is worked through:
 _DRAIN = b"drain"  # stands in `_healing` for the pass over what overflowed into the queue
 
 
+def report(events: EventLog, lay: Layout, ino: int, row: ChunkRow, bad: dict[int, str],
+           detail: str | None = None) -> None:
+    """Record damage that is not healed here (a reader that may not write: a read-only
+    mount, the direct API); scrub, or a mount that writes, repairs it."""
+    for i, why in sorted(bad.items()):
+        events.record(why, action="reported", store=lay.url_of(row, i),
+                      obj=lay.obj(row, i), inode=ino, chunk=row.idx, version=row.oid,
+                      detail=detail)
+
+
 class Healer:
     def __init__(self, lay: Layout, health: StoreHealth, reader: ChunkReader, meta: MetaRepo,
                  events: EventLog, *, writes: bool = True) -> None:
@@ -65,10 +75,7 @@ class Healer:
                          bad: dict[int, str], known: Known | None = None) -> None:
         """Heal in the background (never blocking the reader) or, with no nursery, now."""
         if not self.writes:
-            for i, why in sorted(bad.items()):
-                self.events.record(why, action="reported", store=self.lay.url_of(row, i),
-                                   obj=self.lay.obj(row, i), inode=ino, chunk=row.idx,
-                                   version=row.oid)
+            report(self.events, self.lay, ino, row, bad)
             return
         if row.oid in self._healing:
             return
@@ -240,12 +247,12 @@ class Healer:
                 continue
             if self.health.write_refusal(row.placement[share]) is not None:
                 continue
-            inode = self.meta.get_inode(ino)
-            if inode is None:
+            file_id = self.meta.file_id_of(ino)  # a version may hold a deleted file's chunk
+            if file_id is None:
                 self.meta.repair_done(oid, share)
                 continue
             try:
-                got = await self.reader.read(ino, inode.file_id, row)
+                got = await self.reader.read(ino, file_id, row)
             except ChunkUnrecoverable:
                 continue
             bad = dict(got.bad)

@@ -11,13 +11,13 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from fusefs import lifecycle, metrics
+from fusefs import kernelcache, lifecycle, metrics
 from fusefs.codec import erasure
 from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
@@ -29,7 +29,8 @@ from fusefs.snapshots.follower import Follower
 from fusefs.snapshots.index import snapshot_objects
 from fusefs.storecheck import check_all, require_readable, warning
 from fusefs.stores import open_store
-from fusefs.vfs import FileSystem
+from fusefs.versionfs import VersionedFileSystem
+from fusefs.versioning import Versioning
 from fusefs.volume import Volume
 from fusefs.volumedir import VolumeDir
 
@@ -43,6 +44,9 @@ class MountOptions:
     metrics: str | None = None  # ADDR:PORT of the Prometheus endpoint (None: off)
     follow: bool = False  # a follower: switch to each newly published snapshot
     accept_older: bool = False  # a follower: accept a snapshot older than one seen before
+    dataset: bool = True  # with read_only: dataset mode (`kernelcache`); False: as writable
+    expect: dict[str, str] = field(default_factory=dict)  # version name ("" = the root)
+    #                               -> the fingerprint it must have, or nothing is served
 
 
 def check_role(cfg: VolumeConfig, opts: MountOptions) -> None:
@@ -133,7 +137,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
                  opts: MountOptions, ready: Callable[[str | None], None]) -> None:
     import pyfuse3
 
-    from fusefs.fuse_ops import FuseOps, mount_options
+    from fusefs.fuse_ops import READ_BY_INODE, FuseOps, mount_options
 
     try:
         meta = MetaRepo(vd.meta)
@@ -142,7 +146,9 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         raise
     try:
         volume, fs, follower = await _open(vd, cfg, keys, meta, opts)
-        pyfuse3.init(FuseOps(fs), str(mp), mount_options(
+        cache = kernelcache.choose(read_only=opts.read_only, follower=follower is not None,
+                                   dataset=opts.dataset, read_by_inode=READ_BY_INODE)
+        pyfuse3.init(FuseOps(fs, cache), str(mp), mount_options(
             str(vd.path), read_only=opts.read_only, allow_other=opts.allow_other))
     except (FusefsError, RuntimeError) as e:
         meta.close()
@@ -150,6 +156,11 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
         ready(msg)
         raise FusefsError(msg) from None
     log.info("mounted volume %s on %s", vd.path, mp)
+    log.info("kernel cache: %s (entries and attributes %g s, FLUSH %s, OPEN %s)%s",
+             cache.name, cache.entry_timeout, "on" if cache.flush else "off",
+             "on" if cache.open else "off",
+             "" if READ_BY_INODE or not opts.read_only else
+             "; no-open mode needs the patched pyfuse3 (scripts/_install.sh)")
     if erasure.backend == "isal":
         log.info("erasure coding: zfec's code, computed by ISA-L")
     else:
@@ -163,7 +174,7 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
 
 
 async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRepo,
-                opts: MountOptions) -> tuple[Volume, FileSystem, Follower | None]:
+                opts: MountOptions) -> tuple[Volume, VersionedFileSystem, Follower | None]:
     """The volume behind a mount, checked and, after a crash, put in order."""
     stores = [open_store(u) for u in cfg.stores]
     metrics.instrument_stores(stores)
@@ -181,10 +192,13 @@ async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRe
                             accept_older=opts.accept_older)
         if opts.follow:
             await follower.refresh()  # the newest snapshot before serving
-    fs = FileSystem(meta, volume, read_only=opts.read_only, pin=follower is not None)
+    fs = VersionedFileSystem(meta, volume, read_only=opts.read_only, pin=follower is not None,
+                             dataset=opts.dataset)
     if volume.publisher is not None:
         await volume.publisher.check_at_mount()
         volume.publisher.open_for_writing = fs.writing_inodes
+    if opts.expect:
+        await check_expected(Versioning(fs), opts.expect)
     if not opts.read_only:
         if volume.packs is not None:
             volume.packs.start()  # packs left open by a crash: sealed (and freed if empty)
@@ -194,7 +208,31 @@ async def _open(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, meta: MetaRe
     return volume, fs, follower
 
 
-async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: FileSystem,
+async def check_expected(versioning: Versioning, expect: dict[str, str]) -> None:
+    """Refuse to serve when a pinned tree's fingerprint differs (ConfigError, one line):
+    what was approved is exactly what a training job reads, and a rolled-back metadata
+    snapshot is caught by a host that knows nothing but the fingerprint."""
+    for name, wanted in sorted(expect.items()):
+        what = f"version {name!r}" if name else "the volume's root"
+        if name:
+            found = versioning.versions.by_name(name.encode(errors="surrogateescape"))
+            if found is None:
+                raise ConfigError(f"refusing to serve: no version named {name!r} (expected "
+                                  f"fingerprint {wanted})")
+            have = (await versioning.version_fingerprint(found)).hex()
+        else:
+            try:
+                have = (await versioning.fingerprint("/"))["fingerprint"]
+            except FusefsError as e:
+                raise ConfigError(f"refusing to serve: the fingerprint of {what} cannot be "
+                                  f"computed: {e}") from None
+        if have != wanted:
+            raise ConfigError(f"refusing to serve: {what} has fingerprint {have}, expected "
+                              f"{wanted}")
+        log.info("%s has the expected fingerprint %s", what, wanted)
+
+
+async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: VersionedFileSystem,
                follower: Follower | None, opts: MountOptions,
                ready: Callable[[str | None], None]) -> None:
     """Serve until unmounted, with the daemon's background tasks; leave everything durable
@@ -217,10 +255,11 @@ async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: FileSystem,
                 nursery.start_soon(volume.run_compaction)
             if volume.publisher is not None:
                 nursery.start_soon(volume.publisher.run)
+            fs.invalidate_entry = _invalidate_entry
             if follower is not None and opts.follow:
                 follower.on_switch = partial(_switched, fs)
                 nursery.start_soon(follower.run)
-            await nursery.start(ControlServer(vd.path, volume).serve)
+            await nursery.start(ControlServer(vd.path, volume, Versioning(fs)).serve)
             nursery.start_soon(_stop_on_signal, signalled, mp)
             nursery.start_soon(_announce_when_serving, mp, ready)
             await pyfuse3.main()
@@ -240,7 +279,7 @@ async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: FileSystem,
             volume.publisher.close()
 
 
-async def _finish(fs: FileSystem, volume: Volume) -> None:
+async def _finish(fs: VersionedFileSystem, volume: Volume) -> None:
     """Flush, make durable, and publish the final metadata snapshot."""
     await fs.shutdown()
     if volume.publisher is not None and not volume.fenced:
@@ -250,7 +289,7 @@ async def _finish(fs: FileSystem, volume: Volume) -> None:
             log.error("the final metadata snapshot was not published: %s", e)
 
 
-async def _switched(fs: FileSystem, previous: Path) -> None:
+async def _switched(fs: VersionedFileSystem, previous: Path) -> None:
     """A follower moved to a newer snapshot: drop what the kernel and the daemon cached of
     what changed."""
     import pyfuse3
@@ -268,6 +307,17 @@ async def _switched(fs: FileSystem, previous: Path) -> None:
 
     await trio.to_thread.run_sync(invalidate)
     log.info("new snapshot: %d inodes and %d names invalidated", len(inodes), len(entries))
+
+
+async def _invalidate_entry(parent: int, name: bytes) -> None:
+    """Make the kernel forget a name (from a thread: it may wait on the kernel)."""
+    import pyfuse3
+
+    def invalidate() -> None:
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_entry(parent, name)
+
+    await trio.to_thread.run_sync(invalidate)
 
 
 async def _announce_when_serving(mp: Path, ready: Callable[[str | None], None]) -> None:

@@ -120,6 +120,7 @@ class Scrubber:
         if self.repair:
             await self.healer.process_queue()
         await self._verify_chunks(start)
+        await self._verify_version_chunks(start)
         await self._verify_snapshots(start)
         await self._orphans(listings, referenced)
         self.report.queued_repairs = self.meta.repair_count()
@@ -174,6 +175,20 @@ class Scrubber:
                 self.report.bytes_read += row.length * self.lay.n // self.lay.k
                 self.progress(done, max(total, done), self.report.bytes_read)
                 await self._throttle(start)
+
+    async def _verify_version_chunks(self, start: float) -> None:
+        """Chunk versions only named versions hold (replaced or deleted in the live tree):
+        verified and healed like the live tree's, since a version must stay readable."""
+        paths: dict[int, str] = {}
+        for ino, file_id, row in self.meta.version_only_chunks():
+            if self.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
+                continue  # its last version was deleted meanwhile
+            if ino not in paths:
+                paths[ino] = self.events.resolve_path(ino) or f"<inode {ino}, in a version>"
+            await self._verify_one(ino, file_id, row, paths)
+            self.report.chunks += 1
+            self.report.bytes_read += row.length * self.lay.n // self.lay.k
+            await self._throttle(start)
 
     async def _verify_snapshots(self, start: float) -> None:
         """The metadata snapshots in the stores are verified and healed like file data:

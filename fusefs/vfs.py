@@ -12,7 +12,10 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
+
+import trio
 
 from fusefs.errors import FsError, StoreError
 from fusefs.filedata import ChunkCache, FileData, Flusher
@@ -28,6 +31,10 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 DEFAULT_CACHE_BYTES = 64 << 20
 _LOOKED_UP_MAX = 256  # rows kept for an open that follows their lookup
+# Dataset mode (a read-only mount: the metadata changes only at a follower's snapshot switch)
+_ROWS_MAX = 1 << 16  # inode rows kept for opens (~300 bytes each)
+_READERS_MAX = 1024  # files read without an open (no-open mode), their chunk rows memoised
+_SERVED_MAX = 1 << 20  # files whose bytes the kernel has cached (keep_cache): not announced
 
 
 @dataclass
@@ -39,11 +46,20 @@ class Handle:
 
 class FileSystem:
     def __init__(self, meta: MetaRepo, volume: Volume, *, read_only: bool = False,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, pin: bool = False) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, pin: bool = False,
+                 dataset: bool = False) -> None:
         self.meta = meta
         self.volume = volume
         self.read_only = read_only
         self.pin = pin  # a follower: open files keep the chunk map they opened with
+        # Dataset mode: the metadata cannot change except at `switched()` (a read-only mount
+        # holds the volume lock, heals rewrite shares with the same bytes), so inode and chunk
+        # rows read once are kept until then. Never on a writable mount.
+        self.dataset = dataset and read_only
+        self._rows: dict[int, InodeRow] = {}
+        self._readers: OrderedDict[int, FileData] = OrderedDict()
+        self._served: set[int] = set()  # read whole once: the kernel keeps the pages
+        self.announce_reads = os.environ.get("FUSEFS_ANNOUNCE_READS", "1") != "0"  # A/B
         self.cache = ChunkCache(cache_bytes)
         self.flusher = Flusher()
         self.lookups: dict[int, int] = {}
@@ -107,6 +123,9 @@ class FileSystem:
         self._looked_up.clear()
         self._looked_up_gen = -1
         self._any_xattrs = self.meta.has_xattrs()
+        self._rows.clear()
+        self._readers.clear()
+        self._served.clear()
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -133,6 +152,10 @@ class FileSystem:
                 if len(name) > NAME_MAX:
                     raise FsError(errno.ENAMETOOLONG)
                 raise FsError(errno.ENOENT)
+            if self.dataset:
+                self._keep_row(row)
+                self._remember(row.id)
+                return self._overlay(row)
             gen = self.meta.total_changes()
             if gen != self._looked_up_gen or len(self._looked_up) >= _LOOKED_UP_MAX:
                 self._looked_up.clear()
@@ -381,22 +404,33 @@ class FileSystem:
         return ino
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, InodeRow]]:
-        """Up to `limit` entries with cookie > after; the caller counts lookups."""
-        return [(c, n, self._overlay(r)) for c, n, r in self.meta.readdir(ino, after, limit)]
+        """Up to `limit` entries with cookie > after; the caller counts lookups. In dataset
+        mode the rows are kept: a loader lists its tree (ImageFolder) and then reads every
+        file by inode, with no lookup in between to read the row again."""
+        entries = self.meta.readdir(ino, after, limit)
+        if self.dataset:
+            for _, _, r in entries:
+                self._keep_row(r)
+        return [(c, n, self._overlay(r)) for c, n, r in entries]
 
     def remember(self, ino: int) -> None:
         """The kernel took a reference through readdirplus."""
         self._remember(ino)
 
     # -- open files ----------------------------------------------------------------------
+    def _new_file_data(self, row: InodeRow) -> FileData:
+        fd = FileData(row.id, row.file_id, row.size, self.meta, self.volume, self.cache,
+                      self.flusher)
+        if self.pin:
+            fd.pin(row)
+        elif self.dataset:
+            fd.memoise_rows()
+        return fd
+
     def _file_data(self, row: InodeRow) -> FileData:
         fd = self.files.get(row.id)
         if fd is None:
-            fd = FileData(row.id, row.file_id, row.size, self.meta, self.volume, self.cache,
-                          self.flusher)
-            if self.pin:
-                fd.pin(row)
-            self.files[row.id] = fd
+            fd = self.files[row.id] = self._new_file_data(row)
         fd.opens += 1
         return fd
 
@@ -406,8 +440,20 @@ class FileSystem:
             del self.files[fd.ino]
             self._maybe_delete(fd.ino)
 
+    def _keep_row(self, row: InodeRow) -> None:
+        if len(self._rows) >= _ROWS_MAX:
+            self._rows.clear()
+        self._rows[row.id] = row
+
     def _row_for_open(self, ino: int) -> InodeRow:
-        """The row `lookup` just read if no row changed since, else a query."""
+        """The row `lookup` just read if no row changed since, else a query. In dataset
+        mode, any row read since the last snapshot switch."""
+        if self.dataset:
+            row = self._rows.get(ino)
+            if row is None:
+                row = self._inode(ino)
+                self._keep_row(row)
+            return row
         row = self._looked_up.pop(ino, None)
         if row is None or self._looked_up_gen != self.meta.total_changes():
             return self._inode(ino)
@@ -427,10 +473,15 @@ class FileSystem:
             except BaseException:
                 self._drop_file_data(fd)
                 raise
-        if not writable and 0 < fd.size <= fd.cs and fd.opens == 1:
-            chunk = self.meta.get_chunk(ino, 0)
+        if not writable and 0 < fd.size <= fd.cs and fd.opens == 1 \
+                and ino not in self._served:
+            chunk = fd.row(0)
             if chunk is not None and self.cache.get((ino, 0, chunk.oid)) is None:
                 self.volume.announce(chunk)
+            if self.dataset:  # keep_cache: the next open of it finds the pages cached
+                if len(self._served) >= _SERVED_MAX:
+                    self._served.clear()
+                self._served.add(ino)
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = Handle(ino, fd, writable)
@@ -450,6 +501,31 @@ class FileSystem:
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self._handle(fh).data.read(off, size)
+
+    async def read_inode(self, ino: int, off: int, size: int) -> bytes | memoryview:
+        """A read without an open (no-open mode, dataset mode only): the file's data and
+        chunk rows are kept for the next reads of it, a bounded number of files."""
+        if not self.dataset or self.pin:
+            raise FsError(errno.EBADF)  # no-open mode is never chosen for these
+        fd = self._readers.get(ino)
+        if fd is None:
+            row = self._row_for_open(ino)
+            if not stat.S_ISREG(row.mode):
+                raise FsError(errno.EISDIR if stat.S_ISDIR(row.mode) else errno.EINVAL)
+            fd = self._readers[ino] = self._new_file_data(row)
+            if len(self._readers) > _READERS_MAX:
+                self._readers.popitem(last=False)
+            if off == 0 and 0 < fd.size <= fd.cs and self.announce_reads:
+                # No OPEN came to announce the shares ahead of this read: announce them
+                # now and let the other readers' requests in (they announce theirs), so
+                # the disk works on all of them while we read one after the other.
+                chunk = fd.row(0)
+                if chunk is not None and self.cache.get((ino, 0, chunk.oid)) is None:
+                    self.volume.announce(chunk)
+                    await trio.lowlevel.checkpoint()
+        else:
+            self._readers.move_to_end(ino)
+        return await fd.read(off, size)
 
     async def write(self, fh: int, off: int, data: bytes) -> int:
         h = self._handle(fh)

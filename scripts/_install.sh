@@ -11,7 +11,12 @@
 #      and libisal2 (ISA-L: fusefs's erasure coding ~15x faster; optional, fusefs falls back
 #      to zfec and says so at mount if it cannot be installed);
 #   2. creates the virtualenv .venv in the project root with the python3 on PATH (>= 3.11);
-#   3. pip-installs the project editable into it (with the extra, if given).
+#   3. pip-installs the project editable into it (with the extra, if given);
+#   4. rebuilds pyfuse3 from its source on the package index with fusefs's patch
+#      (patches/pyfuse3-VERSION-*.patch: `read` learns the inode when there is no file
+#      handle, which dataset mode's no-open mode needs), when a patch for the installed
+#      version exists and the build in use is not patched yet. Any failure is a warning:
+#      the stock build works, without no-open mode.
 # Idempotent: step 3 is skipped while pyproject.toml is unchanged since the last install with
 # the same extra (FUSEFS_REINSTALL=1 forces it).
 # Afterwards FUSEFS_ROOT is the project root and FUSEFS_VENV the virtualenv.
@@ -135,11 +140,46 @@ fusefs_install_project() {
   printf '%s\n' "$hash" >"$stamp"
 }
 
+_pyfuse3_patched() {
+  "$FUSEFS_VENV/bin/python" -c \
+    'import sys, pyfuse3; sys.exit(not hasattr(pyfuse3.Operations, "read_noopen"))' 2>/dev/null
+}
+
+# Optional: the stock pyfuse3 is the fallback; a failure here is a warning.
+fusefs_install_patched_pyfuse3() {
+  local version patch tmp
+  _pyfuse3_patched && return 0
+  version=$("$FUSEFS_VENV/bin/python" -c 'import pyfuse3; print(pyfuse3.__version__)' 2>/dev/null) \
+    || return 0
+  patch=$(ls "$FUSEFS_ROOT/patches/pyfuse3-$version-"*.patch 2>/dev/null | head -n 1)
+  if [ -z "$patch" ]; then
+    printf 'warning: no fusefs patch for pyfuse3 %s: read-only mounts run without no-open mode\n' \
+      "$version" >&2
+    return 0
+  fi
+  _say "rebuilding pyfuse3 $version with $(basename "$patch")"
+  tmp=$(mktemp -d)
+  if ( cd "$tmp" \
+      && PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 "$FUSEFS_VENV/bin/python" -m pip \
+        download -q --no-binary :all: --no-deps "pyfuse3==$version" -d . \
+      && tar xzf "pyfuse3-$version.tar.gz" && cd "pyfuse3-$version" \
+      && git apply -p1 "$patch" \
+      && PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 "$FUSEFS_VENV/bin/python" -m pip \
+        install -q --no-deps --force-reinstall . ) >"$tmp/log" 2>&1 && _pyfuse3_patched; then
+    rm -rf "$tmp"
+  else
+    tail -n 20 "$tmp/log" >&2
+    rm -rf "$tmp"
+    printf 'warning: could not build the patched pyfuse3: read-only mounts run without no-open mode\n' >&2
+  fi
+}
+
 fusefs_install() {
   fusefs_install_system_packages
   fusefs_install_fast_erasure
   fusefs_install_venv
   fusefs_install_project "${1:-}"
+  fusefs_install_patched_pyfuse3
 }
 
 # Executed rather than sourced: install and report.

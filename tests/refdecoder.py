@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Reference decoder for fusefs volumes (formats 2 and 3), written from docs/format.md alone.
+"""Reference decoder for fusefs volumes (formats 2, 3 and 4), written from docs/format.md alone.
 
 The disaster tool of last resort: a volume whose fusefs is gone (lost, broken, unbuildable)
 can still be read with this one file, the volume directory (fusefs.toml, meta.db), the stores
 and the key. It imports nothing from fusefs: it also proves that the format document is
 complete. Needs Python 3.11+, `cryptography`, `zfec` and `xxhash`.
 
-    python refdecoder.py list VOLUME
-    python refdecoder.py extract VOLUME DEST [--key-file KEY] [--store PATH ...]
+    python refdecoder.py list VOLUME [--version NAME]
+    python refdecoder.py extract VOLUME DEST [--key-file KEY] [--store PATH ...] [--version NAME]
+
+`--version NAME` reads the named version (schema 3) instead of the live tree: its own rows in
+the version_* tables, whose chunk rows name shares like the live tree's do.
 
 `--store PATH` (repeated, in store-index order, one per store) replaces the config's store
 URLs: for stores that moved. Only local (`file://`) stores are read; an `s3://` store counts
@@ -49,8 +52,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-FORMATS = (2, 3)
-SCHEMA_VERSIONS = ("1", "2")  # 2 added to garbage and the unreadable table: not read here
+FORMATS = (2, 3, 4)  # 4: shares of small chunks may live in pack objects
+SCHEMA_VERSIONS = ("1", "2", "3", "4")  # 2 added to garbage and the unreadable table: not
+#                                     read here; 3 chunk content digests (not needed to read)
+#                                     and the named versions (--version); 4 the pack tables
 TAG = 16
 
 
@@ -121,6 +126,27 @@ class Volume:
     db: sqlite3.Connection
     master: bytes | None = None
     _keep: list[object] = field(default_factory=list)
+    vid: int | None = None  # a named version's id; None: the live tree
+    root: int = 1  # the top directory's inode
+
+    def rows(self, table: str, columns: str, where: str = "", args: tuple = ()) -> list:
+        """`SELECT columns FROM table [WHERE where]` of the live tree, or of the version."""
+        if self.vid is None:
+            sql = f"SELECT {columns} FROM {table}" + (f" WHERE {where}" if where else "")
+            return self.db.execute(sql, args).fetchall()
+        sql = f"SELECT {columns} FROM version_{table} WHERE vid = ?" + (
+            f" AND {where}" if where else "")
+        return self.db.execute(sql, (self.vid, *args)).fetchall()
+
+    def use_version(self, name: str) -> None:
+        try:
+            found = self.db.execute("SELECT id, root FROM versions WHERE name = ?",
+                                    (os.fsencode(name),)).fetchone()
+        except sqlite3.OperationalError:
+            found = None  # a schema without versions
+        if found is None:
+            raise Fatal(f"{self.path}: no version named {name!r}")
+        self.vid, self.root = found
 
     @classmethod
     def open(cls, path: Path, key_file: Path | None, stores: list[str] | None,
@@ -181,6 +207,10 @@ def object_name(names_key: bytes, oid: bytes, share: int) -> str:
     return hashlib.blake2b(oid + bytes([share]), key=names_key, digest_size=16).hexdigest()
 
 
+def pack_name(names_key: bytes, pid: bytes) -> str:
+    return hashlib.blake2b(b"pack" + pid, key=names_key, digest_size=16).hexdigest()
+
+
 def share_paths(root: Path, name: str) -> list[Path]:
     """Where a local store keeps object NAME (and where a flat copy of an S3 prefix would)."""
     return [root / "objects" / name[0] / name, root / "objects" / name]
@@ -195,6 +225,22 @@ class Chunk:
     length: int
     placement: bytes
     digests: bytes
+    locs: list[tuple[bytes, int, int] | None] = field(default_factory=list)
+    # per share (schema 4): (pack pid, offset, length) when it is a member of a pack
+
+
+def read_object(root: Path, name: str, where: tuple[int, int] | None) -> bytes | None:
+    """Object NAME of a store (bytes `where` = (offset, length) of it); None: missing."""
+    for p in share_paths(root, name):
+        try:
+            with open(p, "rb") as f:
+                if where is None:
+                    return f.read()
+                f.seek(where[0])
+                return f.read(where[1])
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def read_share(vol: Volume, names_key: bytes, c: Chunk, i: int, size: int) -> bytes | str:
@@ -204,15 +250,13 @@ def read_share(vol: Volume, names_key: bytes, c: Chunk, i: int, size: int) -> by
     root = vol.stores[c.placement[i]]
     if root is None:
         return f"share {i}: store {c.placement[i]} not readable"
-    for p in share_paths(root, object_name(names_key, c.oid, i)):
-        try:
-            data = p.read_bytes()
-            break
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            return f"share {i}: {e.strerror}"
-    else:
+    loc = c.locs[i] if i < len(c.locs) else None
+    try:
+        data = (read_object(root, object_name(names_key, c.oid, i), None) if loc is None
+                else read_object(root, pack_name(names_key, loc[0]), (loc[1], loc[2])))
+    except OSError as e:
+        return f"share {i}: {e.strerror}"
+    if data is None:
         return f"share {i}: missing"
     if len(data) != size or xxhash.xxh3_128_digest(data) != c.digests[16 * i : 16 * i + 16]:
         return f"share {i}: checksum mismatch"
@@ -285,15 +329,14 @@ class Entry:
 
 
 def walk(vol: Volume) -> Iterator[Entry]:
-    """Every name reachable from the root (inode 1), parents before children."""
+    """Every name reachable from the root (inode 1, or a version's top directory), parents
+    before children."""
     children: dict[int, list[tuple[bytes, int]]] = {}
-    for parent, name, ino in vol.db.execute(
-            "SELECT parent, name, inode FROM dentries ORDER BY parent, name"):
+    for parent, name, ino in sorted(vol.rows("dentries", "parent, name, inode")):
         children.setdefault(parent, []).append((bytes(name), ino))
-    inodes = {row[0]: row for row in vol.db.execute(
-        "SELECT id, file_id, mode, uid, gid, size, rdev, atime_ns, mtime_ns, target"
-        " FROM inodes")}
-    todo, seen = [(b"", 1)], {1}
+    inodes = {row[0]: row for row in vol.rows(
+        "inodes", "id, file_id, mode, uid, gid, size, rdev, atime_ns, mtime_ns, target")}
+    todo, seen = [(b"", vol.root)], {vol.root}
     while todo:
         prefix, parent = todo.pop(0)
         for name, ino in children.get(parent, []):
@@ -309,12 +352,33 @@ def walk(vol: Volume) -> Iterator[Entry]:
                 todo.append((path + b"/", ino))
 
 
+def pack_locs(vol: Volume, oid: bytes) -> list[tuple[bytes, int, int] | None]:
+    """Where the packed shares of chunk version OID are (schema 4: table `packed`, 16 bytes
+    per share: u64 BE packs.id, 0 for a share that is an object of its own, u32 BE offset,
+    u32 BE length)."""
+    try:
+        row = vol.db.execute("SELECT locs FROM packed WHERE oid = ?", (oid,)).fetchone()
+    except sqlite3.OperationalError:
+        return []  # a schema before packs
+    if row is None:
+        return []
+    out: list[tuple[bytes, int, int] | None] = []
+    blob = bytes(row[0])
+    for at in range(0, len(blob), 16):
+        pack = int.from_bytes(blob[at : at + 8], "big")
+        found = vol.db.execute("SELECT pid FROM packs WHERE id = ?", (pack,)).fetchone()
+        out.append(None if pack == 0 else (  # (a pack without a row: read as missing)
+            bytes(found[0]) if found else b"", int.from_bytes(blob[at + 8 : at + 12], "big"),
+            int.from_bytes(blob[at + 12 : at + 16], "big")))
+    return out
+
+
 def chunks_of(vol: Volume, e: Entry) -> Iterator[Chunk]:
-    for idx, version, oid, length, placement, digests in vol.db.execute(
-            "SELECT idx, version, oid, length, placement, digests FROM chunks"
-            " WHERE inode = ? ORDER BY idx", (e.inode,)):
+    for idx, version, oid, length, placement, digests in sorted(vol.rows(
+            "chunks", "idx, version, oid, length, placement, digests", "inode = ?",
+            (e.inode,))):
         yield Chunk(e.file_id, idx, version, bytes(oid), length, bytes(placement),
-                    bytes(digests))
+                    bytes(digests), pack_locs(vol, bytes(oid)))
 
 
 def write_file(vol: Volume, names_key: bytes, e: Entry, dest: Path) -> None:
@@ -335,8 +399,7 @@ def set_meta(vol: Volume, e: Entry, dest: Path) -> None:
         os.chown(dest, e.uid, e.gid, follow_symlinks=False)
     if not link:
         os.chmod(dest, stat.S_IMODE(e.mode))
-        for name, value in vol.db.execute(
-                "SELECT name, value FROM xattrs WHERE inode = ?", (e.inode,)):
+        for name, value in vol.rows("xattrs", "name, value", "inode = ?", (e.inode,)):
             name = name.encode() if isinstance(name, str) else bytes(name)
             try:
                 os.setxattr(dest, name, bytes(value))
@@ -413,11 +476,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--key-file", type=Path, help="master key (default VOLUME/fusefs.key)")
         p.add_argument("--store", action="append", metavar="PATH",
                        help="store directory replacing the config's URL (repeat, in order)")
+        p.add_argument("--version", metavar="NAME", help="a named version, not the live tree")
     args = ap.parse_args(argv)
     try:
         vol = Volume.open(args.volume, args.key_file, args.store,
                           need_key=args.command == "extract")
         try:
+            if args.version is not None:
+                vol.use_version(args.version)
             if args.command == "list":
                 for line in list_tree(vol):
                     print(line)

@@ -88,3 +88,35 @@ def test_passthrough_mirrors_its_source(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=10)
     assert not is_mounted(mnt) and not pid_alive(proc.pid)
+
+
+PIPELINE = BENCH.parent / "bench_pipeline"
+
+
+def test_bench_pipeline_quick(tmp_path: Path) -> None:
+    """scripts/bench_pipeline --quick: a DataLoader (or the fork pool without torch) over a
+    few hundred JPEGs on raw and fusefs, every byte checked; tables printed, JSON written."""
+    work = tmp_path / "work"
+    work.mkdir()
+    out_json = tmp_path / "pipeline.json"
+    proc = subprocess.run(
+        [sys.executable, str(PIPELINE), "--quick", "--files", "120", "--dir", str(work),
+         "--json", str(out_json)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100,
+    )
+    report = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    assert "Traceback" not in proc.stdout + proc.stderr, report
+    for line in ("images/s (ratio to raw)", "CPU ms per image", "FUSE requests per image",
+                 "read, 1 worker, epoch 1 cold", "read, 2 workers, epoch 2 warm"):
+        assert line in proc.stdout, f"no {line!r}; {report}"
+    doc = json.loads(out_json.read_text())
+    assert doc["columns"][:3] == ["raw", "fusefs", "fusefs-rw"], doc["columns"]
+    for key in ("read/1/cold", "read/2/warm"):
+        for col in ("raw", "fusefs", "fusefs-rw"):
+            assert doc["medians"][key][col]["images_s"] > 0, (key, col)
+        assert doc["medians"][key]["fusefs"]["daemon_ms"] is not None
+    rw = doc["medians"]["read/1/cold"]["fusefs-rw"]["requests"]
+    assert rw["open"] >= 1 and rw["read"] >= 1, rw  # every file opened and read by the daemon
+    assert not [m for m in fuse_mounts() if m.startswith(str(tmp_path))]
+    assert list(work.iterdir()) == []

@@ -374,3 +374,33 @@ def test_a_fresh_volume_decodes_and_refuses_too_few_shares(mounter: Mounter,
     for rel, data in files.items():
         if rel != name:
             assert (tmp_path / "out3" / rel).read_bytes() == data, rel
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(180)
+def test_a_named_version_decodes_after_the_live_tree_moved_on(mounter: Mounter,
+                                                               tmp_path: Path) -> None:
+    """Schema 3: a version's rows (version_* tables) name shares the live tree no longer
+    has; the decoder extracts the version as it was taken."""
+    stores = [tmp_path / "stores" / f"s{i}" for i in range(N)]
+    for s in stores:
+        s.mkdir(parents=True)
+    vol = Volume(tmp_path / "vol", stores, tmp_path / "key", K, M)
+    assert_ok(run_fusefs("init", vol.path, *store_args(stores), "--data-shares", K,
+                         "--parity-shares", M, "--chunk-size", CS, "--segment-size", SEG,
+                         "--key-file", vol.key, "--gc-grace", 0))
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    files = make_tree(mnt)
+    assert_ok(run_fusefs("version", "create", mnt, "v1"))
+    for rel in files:
+        if "hardlink" not in rel:
+            (mnt / rel).unlink()
+    (mnt / "appended").write_bytes(b"new")
+    mounter.umount(mnt)  # the replaced shares that v1 does not hold are deleted
+
+    res = run_decoder("extract", vol.path, tmp_path / "out", "--key-file", vol.key,
+                      "--version", "v1")
+    assert (res.returncode, res.stderr) == (0, "")
+    assert_extracted(tmp_path / "out", files)
+    res = run_decoder("list", vol.path, "--version", "v2")
+    assert one_line(res) == f"refdecoder: {vol.path}: no version named 'v2'"

@@ -24,7 +24,7 @@ LOWER = ("fusefs.codec", "fusefs.stores", "fusefs.meta", "fusefs.layout", "fusef
          "fusefs.durability", "fusefs.heal", "fusefs.scrub")
 UPPER = ("fusefs.volume", "fusefs.filedata", "fusefs.vfs", "fusefs.fuse_ops", "fusefs.mount",
          "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli",
-         "fusefs.lifecycle")
+         "fusefs.lifecycle", "fusefs.direct")
 # Imported by every layer, so it imports nothing from the package but these.
 EVERYONES = {"fusefs.metrics": {"fusefs.errors"}}
 
@@ -132,6 +132,19 @@ def test_only_the_adapter_and_the_composition_root_import_pyfuse3() -> None:
             if "pyfuse3" in names:
                 users.add(module_name(path))
     assert users == FUSE_MODULES
+
+
+def test_the_direct_api_is_beside_the_fuse_side_not_on_top_of_it() -> None:
+    """The direct read API composes the data path itself (`chunkread`), so loader workers
+    never import pyfuse3 nor the file layer of a mount."""
+    graph = import_graph()
+    direct = {m for m in graph if m.startswith("fusefs.direct")}
+    assert {"fusefs.direct.view", "fusefs.direct.volume"} <= direct
+    fuse_side = ("fusefs.fuse_ops", "fusefs.mount", "fusefs.vfs", "fusefs.filedata",
+                 "fusefs.cli")
+    for m in direct:
+        assert not graph[m] & set(fuse_side), f"{m} imports {sorted(graph[m] & set(fuse_side))}"
+    assert "fusefs.chunkread" in graph["fusefs.direct.view"]
 
 
 @pytest.mark.parametrize("module", sorted(EVERYONES))

@@ -11,6 +11,7 @@ import errno
 import os
 import random
 import shutil
+import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -427,6 +428,38 @@ def test_truncate_dirty_data_shrink_then_grow(env: Env) -> None:
     assert run(read_all, env.fresh_fs(), ino) == expected
 
 
+@pytest.mark.parametrize("shrink_to", [0, CS + 100])
+def test_truncate_commits_only_states_a_reader_may_see(env: Env, tmp_path: Path,
+                                                       shrink_to: int) -> None:
+    """Another process reading the metadata (the direct API beside a mount) sees every
+    commit: each must read as the old file or a prefix of it, never the old size over
+    dropped chunks (zeros where data was). The state is observed before every statement
+    the file layer runs, through a second, read-only connection."""
+    data = data_of(3 * CS + 500, seed=7)
+    ino = run(write_file, env.fs, b"t", data)
+    reader = sqlite3.connect(f"file:{tmp_path / 'meta.db'}?mode=ro", uri=True)
+    seen: list[tuple[int, set[int]]] = []
+
+    def observe(_statement: object) -> None:
+        (size,) = reader.execute("SELECT size FROM inodes WHERE id=?", (ino,)).fetchone()
+        chunks = {r[0] for r in reader.execute("SELECT idx FROM chunks WHERE inode=?", (ino,))}
+        seen.append((size, chunks))
+
+    async def shrink() -> None:
+        await env.fs.setattr(ino, size=shrink_to)
+
+    env.meta.db.set_trace_callback(observe)
+    try:
+        run(shrink)
+    finally:
+        env.meta.db.set_trace_callback(None)
+    observe(None)
+    reader.close()
+    assert seen[0] == (len(data), {0, 1, 2, 3}) and seen[-1][0] == shrink_to
+    for size, chunks in seen:
+        assert set(range(-(-size // CS))) <= chunks, f"size {size} over chunks {chunks}"
+
+
 def test_truncate_directory_and_symlink(env: Env) -> None:
     d = env.fs.mkdir(ROOT_INODE, b"d", 0o755, UID, GID)
     s = env.fs.symlink(ROOT_INODE, b"s", b"target", UID, GID)
@@ -777,6 +810,34 @@ def test_read_only_filesystem(env: Env) -> None:
             attempt()
         assert errno_of(e) == errno.EROFS
     assert env.meta.lookup(ROOT_INODE, b"f") == f
+
+
+def test_dataset_mode_reads_by_inode_and_forgets_at_a_switch(env: Env) -> None:
+    """Dataset mode (read-only): reads without an open serve every byte (whole small files,
+    ranges of a multi-chunk one); rows kept from readdir are dropped when the metadata is
+    switched (a follower's new snapshot), so a changed file reads as it is now."""
+    small = run(write_file, env.fs, b"small", b"s" * 5000)
+    big_data = os.urandom(3 * CS + 77)
+    big = run(write_file, env.fs, b"big", big_data)
+    ds = FileSystem(env.meta, env.volume, read_only=True, dataset=True)
+    assert ds.dataset and not FileSystem(env.meta, env.volume, dataset=True).dataset
+    assert [n for _, n, _ in ds.readdir(ROOT_INODE, 0, 10)] == [b"small", b"big"]
+    assert run(ds.read_inode, small, 0, 1 << 20) == b"s" * 5000
+    assert run(ds.read_inode, big, CS - 10, 100) == big_data[CS - 10 : CS + 90]
+    assert run(ds.read_inode, big, 0, len(big_data) + 5) == big_data
+    with pytest.raises(FsError) as e:
+        run(ds.read_inode, ROOT_INODE, 0, 10)
+    assert errno_of(e) == errno.EISDIR
+
+    async def rewrite() -> None:  # O_TRUNC: a new chunk version, a new size
+        fh = await env.fs.open(small, os.O_WRONLY | os.O_TRUNC)
+        await env.fs.write(fh, 0, b"changed")
+        await env.fs.release(fh)
+
+    run(rewrite)
+    assert run(ds.read_inode, small, 0, 100) == b"s" * 100  # the view before the switch
+    ds.switched()
+    assert run(ds.read_inode, small, 0, 100) == b"changed"
 
 
 # ------------------------------------------------------------------------------------------

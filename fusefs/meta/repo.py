@@ -22,13 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusefs.errors import ConfigError
-from fusefs.meta.schema import SCHEMA_VERSION, create_tables, migrate
+from fusefs.meta.schema import SCHEMA_VERSION, create_tables, migrate, read_as_current
 
 ROOT_INODE = 1
 _WAL_CHECKPOINT_BYTES = 64 << 20  # checkpoint at a durable point once the WAL grows past this
 
-_INODE_COLS = "id, file_id, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, target"
-_INODE_COLS_I = ", ".join(f"i.{c.strip()}" for c in _INODE_COLS.split(","))
+INODE_COLS = "id, file_id, mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, target"
+_INODE_COLS_I = ", ".join(f"i.{c.strip()}" for c in INODE_COLS.split(","))
+CHUNK_COLS = "idx, version, oid, length, placement, digests, content"
+
+
+def chunk_select(alias: str) -> str:
+    """The columns of a chunk row of table alias `alias` (chunks, garbage or version_chunks)
+    and, last, its `packed.locs` (NULL: no share of it is in a pack): `MetaRepo.chunk_row`."""
+    cols = ", ".join(f"{alias}.{c.strip()}" for c in CHUNK_COLS.split(","))
+    return f"{cols}, (SELECT p.locs FROM packed p WHERE p.oid = {alias}.oid)"
+
+
+CHUNK_SELECT = chunk_select("c")
 
 
 @dataclass(slots=True)
@@ -75,6 +86,7 @@ class ChunkRow:
     length: int
     placement: bytes
     digests: bytes
+    content: bytes | None = None  # content digest of the plaintext (None: not known yet)
     locs: Locs | None = None  # format 4: where packed shares are (None: no share is)
 
     def share_digest(self, share: int) -> bytes:
@@ -140,19 +152,15 @@ class MetaRepo:
                 "SELECT value FROM dbinfo WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row is not None and row[0].isdigit() else None
             if version is not None and 1 <= version < SCHEMA_VERSION and not read_only:
-                migrate(self.db, version)  # read-only opens read older schemas as they are
+                migrate(self.db, version)
                 version = SCHEMA_VERSION
+            elif version is not None and 1 <= version < SCHEMA_VERSION:
+                read_as_current(self.db, version)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
         if version is None or not 1 <= version <= SCHEMA_VERSION:
             raise ConfigError(f"metadata database {self.path} has an unknown schema version")
-        # Chunk rows come with their pack locations (one LEFT JOIN); a database of an older
-        # schema opened read-only has no packs.
-        self.has_packs = version >= 3
-        self._chunk_cols = ("c.idx, c.version, c.oid, c.length, c.placement, c.digests, p.locs"
-                            if self.has_packs else
-                            "c.idx, c.version, c.oid, c.length, c.placement, c.digests, NULL")
-        self._chunk_join = (" LEFT JOIN packed p ON p.oid = c.oid" if self.has_packs else "")
+        self.has_packs = True  # (older read-only databases get empty temporary tables)
 
     def close(self) -> None:
         self.db.close()
@@ -211,6 +219,17 @@ class MetaRepo:
         finally:
             self._depth = 0
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same committed state, whatever
+        a writer (a mount beside a direct reader) commits meanwhile. Keep it short: a WAL
+        checkpoint of the writer waits for it."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
     def total_changes(self) -> int:
         """Rows changed through this connection so far (cheap "anything new?" test)."""
         return self.db.total_changes
@@ -237,7 +256,7 @@ class MetaRepo:
 
     # -- inodes --------------------------------------------------------------------------
     def get_inode(self, ino: int) -> InodeRow | None:
-        row = self.db.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE id=?", (ino,)).fetchone()
+        row = self.db.execute(f"SELECT {INODE_COLS} FROM inodes WHERE id=?", (ino,)).fetchone()
         return InodeRow(*row) if row else None
 
     def create_inode(self, file_id: bytes, mode: int, uid: int, gid: int, nlink: int,
@@ -323,11 +342,11 @@ class MetaRepo:
         return "/" + "/".join(reversed(parts))
 
     # -- chunks --------------------------------------------------------------------------
-    def _row(self, r: tuple) -> ChunkRow:
-        """A ChunkRow from the 7 columns of `_chunk_cols` (the last one `packed.locs`)."""
-        if r[6] is None:
-            return ChunkRow(*r[:6])
-        return ChunkRow(*r[:6], self.decode_locs(r[6]))
+    def chunk_row(self, r: tuple | sqlite3.Row) -> ChunkRow:
+        """A ChunkRow from the 8 columns of `CHUNK_SELECT` (the last one `packed.locs`)."""
+        if r[7] is None:
+            return ChunkRow(*r[:7])
+        return ChunkRow(*r[:7], self.decode_locs(r[7]))
 
     def decode_locs(self, blob: bytes) -> Locs:
         pid = self._pid
@@ -342,16 +361,14 @@ class MetaRepo:
         return found
 
     def get_chunk(self, ino: int, idx: int) -> ChunkRow | None:
-        row = self.db.execute(
-            f"SELECT {self._chunk_cols} FROM chunks c{self._chunk_join}"
-            " WHERE c.inode=? AND c.idx=?", (ino, idx)).fetchone()
-        return self._row(row) if row else None
+        row = self.db.execute(f"SELECT {CHUNK_SELECT} FROM chunks c WHERE c.inode=? AND c.idx=?",
+                              (ino, idx)).fetchone()
+        return self.chunk_row(row) if row else None
 
     def chunks_of(self, ino: int) -> list[ChunkRow]:
         """Every chunk row of a file, in index order."""
-        return [self._row(r) for r in self.db.execute(
-            f"SELECT {self._chunk_cols} FROM chunks c{self._chunk_join} WHERE c.inode=?"
-            " ORDER BY c.idx", (ino,))]
+        return [self.chunk_row(r) for r in self.db.execute(
+            f"SELECT {CHUNK_SELECT} FROM chunks c WHERE c.inode=? ORDER BY c.idx", (ino,))]
 
     def chunk_version(self, ino: int, idx: int) -> int:
         row = self.db.execute("SELECT version FROM chunks WHERE inode=? AND idx=?",
@@ -365,13 +382,16 @@ class MetaRepo:
             self._to_garbage("idx=?", ino, chunk.idx)
             if size is not None:
                 self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
-            self.db.execute(
-                "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
-                " digests) VALUES (?,?,?,?,?,?,?)",
-                (ino, chunk.idx, chunk.version, chunk.oid, chunk.length, chunk.placement,
-                 chunk.digests))
-            if chunk.locs is not None:
+            self._insert_chunk(ino, chunk)
+            if chunk.locs is not None:  # a new chunk version: its packed shares count
                 self._add_packed(chunk.oid, chunk.locs)
+
+    def _insert_chunk(self, ino: int, row: ChunkRow) -> None:
+        """(A restored row's `packed` row stayed with its garbage row: not added again.)"""
+        self.db.execute(
+            f"INSERT OR REPLACE INTO chunks (inode, {CHUNK_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+            (ino, row.idx, row.version, row.oid, row.length, row.placement, row.digests,
+             row.content))
 
     def _add_packed(self, oid: bytes, locs: Locs) -> None:
         """Record where a chunk version's packed shares are, and count them in their packs."""
@@ -386,36 +406,59 @@ class MetaRepo:
                 [(sign * loc.length, loc.offset + loc.length, loc.pack)
                  for loc, sign in changes])
 
+    def set_content(self, oid: bytes, content: bytes) -> None:
+        """Record the content digest of a chunk version written before digests were kept
+        (computed by reading it), in the live tree and in every version that shares it."""
+        with self.transaction():
+            self.db.execute("UPDATE chunks SET content=? WHERE oid=? AND content IS NULL",
+                            (content, oid))
+            self.db.execute("UPDATE version_chunks SET content=? WHERE oid=?"
+                            " AND content IS NULL", (content, oid))
+
     def set_share_digest(self, ino: int, idx: int, oid: bytes, share: int,
                          digest: bytes) -> None:
         """Record a share's checksum after a heal proved it by authentication (the stored
-        digest matched forged bytes). Only the named chunk version is touched."""
-        row = self.db.execute("SELECT digests FROM chunks WHERE inode=? AND idx=? AND oid=?",
-                              (ino, idx, oid)).fetchone()
-        if row is None:
-            return
-        digests = bytearray(row[0])
-        digests[16 * share : 16 * share + 16] = digest
-        self.db.execute("UPDATE chunks SET digests=? WHERE inode=? AND idx=? AND oid=?",
-                        (bytes(digests), ino, idx, oid))
+        digest matched forged bytes). Only the named chunk version is touched, wherever it
+        is recorded (the live tree, named versions)."""
+        for table in ("chunks", "version_chunks"):
+            row = self.db.execute(f"SELECT digests FROM {table} WHERE inode=? AND idx=?"
+                                  " AND oid=? LIMIT 1", (ino, idx, oid)).fetchone()
+            if row is None:
+                continue
+            digests = bytearray(row[0])
+            digests[16 * share : 16 * share + 16] = digest
+            self.db.execute(f"UPDATE {table} SET digests=? WHERE inode=? AND idx=? AND oid=?",
+                            (bytes(digests), ino, idx, oid))
 
     def chunks_after(self, ino: int, idx: int, limit: int) -> list[tuple[int, bytes, ChunkRow]]:
         """Chunk rows after (ino, idx) in (inode, index) order, with each file's id: a cursor
         that stays valid while files change (scrub)."""
         rows = self.db.execute(
-            f"SELECT c.inode, i.file_id, {self._chunk_cols}"
-            f" FROM chunks c JOIN inodes i ON i.id = c.inode{self._chunk_join}"
+            f"SELECT c.inode, i.file_id, {CHUNK_SELECT}"
+            " FROM chunks c JOIN inodes i ON i.id = c.inode"
             " WHERE (c.inode, c.idx) > (?, ?) ORDER BY c.inode, c.idx LIMIT ?",
             (ino, idx, limit))
-        return [(r[0], r[1], self._row(r[2:])) for r in rows]
+        return [(r[0], r[1], self.chunk_row(r[2:])) for r in rows]
+
+    def version_only_chunks(self) -> list[tuple[int, bytes, ChunkRow]]:
+        """Chunk versions only named versions still hold (the live tree replaced or deleted
+        them), once each, with their file ids: what scrub verifies besides the live tree."""
+        rows = self.db.execute(
+            f"SELECT v.inode, i.file_id, {chunk_select('v')} FROM version_chunks v"
+            " JOIN version_inodes i"
+            " ON i.vid = v.vid AND i.id = v.inode WHERE NOT EXISTS (SELECT 1 FROM chunks c"
+            " WHERE c.inode = v.inode AND c.idx = v.idx AND c.oid = v.oid)"
+            " GROUP BY v.oid ORDER BY v.inode, v.idx")
+        return [(r[0], r[1], self.chunk_row(r[2:])) for r in rows]
 
     def chunk_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
 
     def all_versions(self) -> list[tuple[bytes, bytes]]:
         """(oid, placement) of every chunk version whose shares must stay in the stores:
-        current chunks and garbage not yet deleted."""
+        current chunks, chunks of named versions and garbage not yet deleted."""
         return self.db.execute("SELECT oid, placement FROM chunks UNION ALL "
+                               "SELECT oid, placement FROM version_chunks UNION ALL "
                                "SELECT oid, placement FROM garbage").fetchall()
 
     def all_packs(self) -> list[PackRow]:
@@ -426,8 +469,21 @@ class MetaRepo:
             "SELECT id, pid, store, size, live, state FROM packs")]
 
     def chunk_by_oid(self, ino: int, idx: int, oid: bytes) -> ChunkRow | None:
+        """The chunk version `oid` of (ino, idx) if the live tree or a named version still
+        has it (a heal or repair of it is still wanted)."""
         row = self.get_chunk(ino, idx)
-        return row if row is not None and row.oid == oid else None
+        if row is not None and row.oid == oid:
+            return row
+        row = self.db.execute(f"SELECT {chunk_select('v')} FROM version_chunks v WHERE"
+                              " v.oid=? AND v.inode=? AND v.idx=? LIMIT 1",
+                              (oid, ino, idx)).fetchone()
+        return self.chunk_row(row) if row else None
+
+    def file_id_of(self, ino: int) -> bytes | None:
+        """The file id of an inode of the live tree or, once gone from it, of a version."""
+        row = self.db.execute("SELECT file_id FROM inodes WHERE id=? UNION ALL SELECT file_id"
+                              " FROM version_inodes WHERE id=? LIMIT 1", (ino, ino)).fetchone()
+        return row[0] if row else None
 
     # -- repair queue --------------------------------------------------------------------
     def queue_repair(self, oid: bytes, share: int, ino: int, idx: int, reason: str,
@@ -462,20 +518,23 @@ class MetaRepo:
         file's size as it is now (before the caller changes it)."""
         self.db.execute(
             "INSERT INTO garbage (oid, placement, inode, idx, version, length, digests,"
-            " size_before) SELECT c.oid, c.placement, c.inode, c.idx, c.version, c.length,"
-            f" c.digests, i.size FROM chunks c JOIN inodes i ON i.id = c.inode"
-            f" WHERE c.inode=? AND c.{which}", (ino, idx))
+            " content, size_before) SELECT c.oid, c.placement, c.inode, c.idx, c.version,"
+            " c.length, c.digests, c.content, i.size FROM chunks c JOIN inodes i"
+            f" ON i.id = c.inode WHERE c.inode=? AND c.{which}", (ino, idx))
 
     def garbage(self, limit: int = 1000, published_before_ns: int | None = None
                 ) -> list[tuple[int, bytes, bytes]]:
         """Garbage rows to delete; with `published_before_ns`, only those that a snapshot
-        published before then no longer names (followers have moved past them)."""
+        published before then no longer names (followers have moved past them). Rows of a
+        chunk version a named version still holds are not deletable: they wait (their
+        shares go once the last version holding them is deleted)."""
+        held = "NOT EXISTS (SELECT 1 FROM version_chunks v WHERE v.oid = g.oid)"
         if published_before_ns is None:
-            return self.db.execute("SELECT id, oid, placement FROM garbage ORDER BY id"
-                                   " LIMIT ?", (limit,)).fetchall()
+            return self.db.execute(f"SELECT id, oid, placement FROM garbage g WHERE {held}"
+                                   " ORDER BY id LIMIT ?", (limit,)).fetchall()
         return self.db.execute(
-            "SELECT id, oid, placement FROM garbage WHERE published_ns <= ? ORDER BY id"
-            " LIMIT ?", (published_before_ns, limit)).fetchall()
+            f"SELECT id, oid, placement FROM garbage g WHERE published_ns <= ? AND {held}"
+            " ORDER BY id LIMIT ?", (published_before_ns, limit)).fetchall()
 
     def mark_garbage_published(self, up_to_id: int, now_ns: int,
                                except_inodes: set[int] = frozenset()) -> None:
@@ -662,13 +721,11 @@ class MetaRepo:
     def suspect_garbage(self) -> list[tuple[int, int, int, ChunkRow]]:
         """Replaced chunk rows whose replacement may not be durable (committed after the
         last durable point), oldest first: (garbage id, inode, size before, row)."""
-        cols = self._chunk_cols.replace("c.", "g.")
         rows = self.db.execute(
-            f"SELECT g.id, g.inode, g.size_before, {cols} FROM garbage g"
-            f"{self._chunk_join.replace('c.oid', 'g.oid')}"
-            " WHERE g.id > ? AND g.inode IS NOT NULL ORDER BY g.id",
+            f"SELECT g.id, g.inode, g.size_before, {chunk_select('g')}"
+            " FROM garbage g WHERE g.id > ? AND g.inode IS NOT NULL ORDER BY g.id",
             (self.durable_garbage_id(),))
-        return [(r[0], r[1], r[2], self._row(r[3:])) for r in rows]
+        return [(r[0], r[1], r[2], self.chunk_row(r[3:])) for r in rows]
 
     def restore_chunk(self, ino: int, gid: int, row: ChunkRow, size: int | None) -> None:
         """Put a replaced chunk version back (its replacement's shares were lost): the
@@ -677,10 +734,7 @@ class MetaRepo:
         with self.transaction():
             self._to_garbage("idx=?", ino, row.idx)
             self.db.execute("DELETE FROM garbage WHERE id=?", (gid,))
-            self.db.execute(
-                "INSERT OR REPLACE INTO chunks (inode, idx, version, oid, length, placement,"
-                " digests) VALUES (?,?,?,?,?,?,?)",
-                (ino, row.idx, row.version, row.oid, row.length, row.placement, row.digests))
+            self._insert_chunk(ino, row)
             if size is not None:
                 self.db.execute("UPDATE inodes SET size=? WHERE id=?", (size, ino))
 

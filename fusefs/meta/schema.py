@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3  # 2: garbage rows keep the replaced chunk row (power-loss recovery);
-#                    3: pack objects (format 4): tables packs, packed, pack_garbage
+SCHEMA_VERSION = 4  # 2: garbage rows keep the replaced chunk row (power-loss recovery);
+#                    3: content digests of chunks (fingerprints) and named versions;
+#                    4: pack objects (format 4): tables packs, packed, pack_garbage
 
 _PACK_TABLES = """
 -- Pack objects (format 4): the shares of small chunks are appended to one object per store
 -- instead of each being an object of its own (`fusefs/packs.py`). A pack is written from
 -- its start to its end (a local store appends to it while it is open, an S3 store PUTs it
--- whole) and never changed afterwards; it is deleted once no chunk version names any of its
+-- whole) and never changed afterwards: it is deleted once no chunk version names any of its
 -- bytes, or after compaction copied the members still named into a newer pack.
 CREATE TABLE packs (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,  -- what `packed.locs` names (never reused)
-    pid    BLOB NOT NULL UNIQUE,  -- 16 random bytes; the object's name is derived from it
+    pid    BLOB NOT NULL UNIQUE,  -- 16 random bytes: the object's name is derived from it
     store  INTEGER NOT NULL,      -- index of the store that holds it
     size   INTEGER NOT NULL,      -- bytes up to the end of the last member recorded
     live   INTEGER NOT NULL,      -- bytes of the members `packed` names in it
@@ -39,7 +40,8 @@ CREATE TABLE packs (
 -- Where the shares of a chunk version with packed shares are. `locs` is n x 16 bytes, share
 -- i at 16 i: u64 BE packs.id (0: share i is an object of its own, named as in format 3),
 -- u32 BE offset of the share in the pack, u32 BE its length. The row lives as long as the
--- chunk version is named by a chunk row or a garbage row.
+-- chunk version is named by a chunk row, a garbage row or a named version's chunk row
+-- (a garbage row waits while a version names its oid: so does its `packed` row).
 CREATE TABLE packed (
     oid   BLOB PRIMARY KEY,   -- the chunk version (chunks.oid or garbage.oid)
     locs  BLOB NOT NULL
@@ -92,6 +94,9 @@ CREATE TABLE chunks (
     length    INTEGER NOT NULL,   -- plaintext bytes in this chunk
     placement BLOB NOT NULL,      -- byte i = index of the store that holds share i
     digests   BLOB NOT NULL,      -- 16-byte xxh3-128 of share i, concatenated
+    content   BLOB,               -- 32-byte content digest of the `length` plaintext bytes
+                                  -- (codec.digest.content; fingerprints); NULL in rows
+                                  -- written before schema 3 until a fingerprint fills it in
     PRIMARY KEY (inode, idx)
 ) WITHOUT ROWID;
 
@@ -108,7 +113,8 @@ CREATE TABLE xattrs (
 -- chunk row and the file's size before the change: if a power loss leaves the replacing
 -- commit on disk but not the shares it names, the replaced version is put back
 -- (`durability.recover_lost_writes`). Rows with id <= dbinfo 'durable_garbage_id' were
--- replaced by durable versions. The restore columns are NULL in rows from schema 1.
+-- replaced by durable versions. The restore columns are NULL in rows from schema 1. A row
+-- whose oid a version_chunks row names is not deleted: it waits for the last such version.
 CREATE TABLE garbage (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     oid         BLOB NOT NULL,
@@ -119,8 +125,9 @@ CREATE TABLE garbage (
     length      INTEGER,
     digests     BLOB,
     size_before INTEGER,   -- ... and inodes.size just before that commit
-    published_ns INTEGER   -- when a metadata snapshot without this version was published:
+    published_ns INTEGER,  -- when a metadata snapshot without this version was published:
                            -- followers may read it until then (and a grace period after)
+    content     BLOB       -- (the replaced row's, schema 3)
 );
 
 -- Shares known to be missing or bad that could not be rewritten yet (store down, full,
@@ -155,13 +162,75 @@ CREATE TABLE dbinfo (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
-""" + _PACK_TABLES
+"""
+
+_VERSION_TABLES = """
+-- Named versions: immutable copies of a tree's metadata that share the live tree's chunk
+-- versions (copy-on-write: no share is copied). A share a version_chunks row names is never
+-- deleted: garbage rows of its oid wait until no version names it (`MetaRepo.garbage`).
+CREATE TABLE versions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: part of kernel inodes
+    name        BLOB NOT NULL UNIQUE,
+    root        INTEGER NOT NULL,   -- the version's top directory (an id in version_inodes)
+    source      BLOB NOT NULL,      -- the path it was taken from, inside the volume
+    created_ns  INTEGER NOT NULL,
+    fingerprint BLOB                -- tree digest of the version (NULL until computed)
+);
+
+-- The rows of inodes, dentries, chunks and xattrs of every inode under a version's root
+-- when it was taken (same ids: a version's inode keeps its file_id, so its chunks decrypt).
+CREATE TABLE version_inodes (
+    vid       INTEGER NOT NULL REFERENCES versions(id),
+    id        INTEGER NOT NULL,
+    file_id   BLOB NOT NULL,
+    mode      INTEGER NOT NULL,
+    uid       INTEGER NOT NULL,
+    gid       INTEGER NOT NULL,
+    nlink     INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    rdev      INTEGER NOT NULL,
+    atime_ns  INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    target    BLOB,
+    PRIMARY KEY (vid, id)
+) WITHOUT ROWID;
+CREATE TABLE version_dentries (
+    vid     INTEGER NOT NULL,
+    id      INTEGER NOT NULL,   -- the live entry's id: the readdir cookie
+    parent  INTEGER NOT NULL,
+    name    BLOB NOT NULL,
+    inode   INTEGER NOT NULL,
+    PRIMARY KEY (vid, parent, name)
+) WITHOUT ROWID;
+CREATE INDEX version_dentries_cookie ON version_dentries(vid, parent, id);
+CREATE TABLE version_chunks (
+    vid       INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
+    idx       INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    oid       BLOB NOT NULL,
+    length    INTEGER NOT NULL,
+    placement BLOB NOT NULL,
+    digests   BLOB NOT NULL,
+    content   BLOB,
+    PRIMARY KEY (vid, inode, idx)
+) WITHOUT ROWID;
+CREATE INDEX version_chunks_oid ON version_chunks(oid);
+CREATE TABLE version_xattrs (
+    vid    INTEGER NOT NULL,
+    inode  INTEGER NOT NULL,
+    name   BLOB NOT NULL,
+    value  BLOB NOT NULL,
+    PRIMARY KEY (vid, inode, name)
+) WITHOUT ROWID;
+"""
 
 
 def create_tables(db: sqlite3.Connection) -> None:
     """Create an empty schema (no root inode: the repository adds it)."""
-    db.executescript(f"BEGIN; {_TABLES}; INSERT INTO dbinfo VALUES "
-                     f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+    db.executescript(f"BEGIN; {_TABLES} {_VERSION_TABLES} {_PACK_TABLES} INSERT INTO dbinfo"
+                     f" VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
 
 
 # Upgrades from each older schema version to the next, run in one transaction at open.
@@ -178,7 +247,9 @@ MIGRATIONS = {
                                  idx INTEGER NOT NULL, since_ns INTEGER NOT NULL)
             WITHOUT ROWID;
     """,
-    2: _PACK_TABLES,
+    2: "ALTER TABLE chunks ADD COLUMN content BLOB;"
+       " ALTER TABLE garbage ADD COLUMN content BLOB;" + _VERSION_TABLES,
+    3: _PACK_TABLES,
 }
 
 
@@ -187,3 +258,20 @@ def migrate(db: sqlite3.Connection, version: int) -> None:
     statements = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
     db.executescript(f"BEGIN; {statements} UPDATE dbinfo SET value='{SCHEMA_VERSION}'"
                      " WHERE key='schema_version'; COMMIT;")
+
+
+def read_as_current(db: sqlite3.Connection, version: int) -> None:
+    """Let a read-only connection to an older schema (which it may not migrate) be queried
+    as the current one: temporary views and empty tables shadow what is missing (SQLite
+    looks up an unqualified name in `temp` before `main`)."""
+    if version < 3:
+        db.execute("CREATE TEMP VIEW chunks AS SELECT *, NULL AS content FROM main.chunks")
+        db.execute("CREATE TEMP VIEW garbage AS SELECT *, NULL AS content FROM main.garbage")
+        for statement in _VERSION_TABLES.split(";"):
+            if "CREATE TABLE" in statement:
+                db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+    if version < 4:
+        for statement in _PACK_TABLES.split(";"):
+            if "CREATE TABLE" in statement:
+                db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+

@@ -384,7 +384,15 @@ def _show_as_before(db: sqlite3.Connection, inodes: set[int], previous: Path | N
                            ("inodes", "id")):
             db.execute(f"DELETE FROM {table} WHERE {col}=?", (ino,))
             if previous is not None:
-                db.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM prev.{table}"
-                           f" WHERE {col}=?", (ino,))
+                cols = _common_columns(db, table)
+                db.execute(f"INSERT OR IGNORE INTO {table} ({cols}) SELECT {cols} FROM"
+                           f" prev.{table} WHERE {col}=?", (ino,))
     db.execute("COMMIT")
 
+
+def _common_columns(db: sqlite3.Connection, table: str) -> str:
+    """The columns `table` has both here and in the previous snapshot (made before a
+    schema upgrade, it may lack some: those stay NULL)."""
+    prev = {r[1] for r in db.execute(f"PRAGMA prev.table_info({table})")}
+    return ", ".join(r[1] for r in db.execute(f"PRAGMA main.table_info({table})")
+                     if r[1] in prev)

@@ -48,6 +48,7 @@ import secrets
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -61,6 +62,7 @@ from fusefs.stores.base import FIXED_NAMES, Store
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _IO_THREADS = 8  # concurrent blocking calls per store
+_ANNOUNCED_FDS = 64  # fds of announced objects kept for the read that follows (per store)
 # Objects are spread over 16 directories by their first hex digit. Fewer, bigger directories
 # mean fewer cold directory blocks to read: a cold open+read of a share took ~150-185 us
 # with 256 directories, ~130 us with 16 (ext4, measured); htree directories stay fast with
@@ -336,6 +338,12 @@ class LocalStore(Store):
         self._limiter = trio.CapacityLimiter(_IO_THREADS)
         self._dirty = False
         self._writing: set[str] = set()  # temporaries of puts in progress in this process
+        # Objects announced (`will_need_blocking`) stay open for the read that follows it: a
+        # small file's read otherwise opens its shares twice (perf: openat was ~10% of the
+        # daemon's CPU on a loader's cold epoch). A name always holds the same bytes (names
+        # are versioned); an fd that outlived a heal's replace reads the old file, which
+        # the read's checksum catches like any damage. Popped atomically (threads too).
+        self._announced: OrderedDict[str, int] = OrderedDict()
         self.get_blocking = self._get_sync
         self.get_range_blocking = self._get_range_sync
         self.will_need_blocking = self._will_need_sync
@@ -463,6 +471,12 @@ class LocalStore(Store):
         return self._error("read", name, e)
 
     def _will_need_sync(self, name: str, offset: int = 0, length: int = 0) -> None:
+        kept = self._announced.get(name)
+        if kept is not None:
+            if length:  # another member of a pack: its own range
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(kept, offset, length, os.POSIX_FADV_WILLNEED)
+            return
         try:
             fd = self._open(name)
         except StoreError:
@@ -470,13 +484,33 @@ class LocalStore(Store):
         try:
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
         except OSError:
-            pass
-        finally:
             os.close(fd)
+            return
+        old = self._announced.pop(name, None)
+        self._announced[name] = fd
+        if old is not None:
+            os.close(old)
+        while len(self._announced) > _ANNOUNCED_FDS:
+            with contextlib.suppress(KeyError):
+                os.close(self._announced.popitem(last=False)[1])
+
+    def _forget_announced(self, name: str) -> None:
+        """`name` was replaced or deleted: a kept fd would read what was there before."""
+        fd = self._announced.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    async def close(self) -> None:
+        """Close the fds kept for announced reads."""
+        while self._announced:
+            with contextlib.suppress(KeyError):
+                os.close(self._announced.popitem()[1])
 
     def _read(self, name: str, how: Callable[[int], T]) -> T:
         """`how` applied to an open fd of the object; an OSError becomes a StoreError."""
-        fd = self._open(name)
+        fd = self._announced.pop(name, None)
+        if fd is None:
+            fd = self._open(name)
         try:
             return how(fd)
         except OSError as e:
@@ -551,6 +585,7 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
             _replace(parent, tmp, name)
+            self._forget_announced(name)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=parent)
@@ -595,6 +630,7 @@ class LocalStore(Store):
         directory); anything else under those names is left alone."""
         by_dir: dict[str, list[str]] = {}
         for name in names:
+            self._forget_announced(name)
             if _OBJECT_NAME.fullmatch(name) is not None:
                 by_dir.setdefault(name[:FANOUT_DIGITS], []).append(name)
         for sub, group in by_dir.items():
