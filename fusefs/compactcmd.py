@@ -45,6 +45,9 @@ def _offline(vd: VolumeDir, key_file: str | None) -> dict:
     cfg, keys = vd.unlock(key_file)
     if cfg.role != "writer":
         raise ConfigError(f"{vd.path} is a follower: only the writer changes the stores")
+    if not cfg.packs:
+        raise ConfigError(f"{vd.path} has no pack objects (made without --pack-below): "
+                          "nothing to compact")
     vd.log_here(to_stderr=False)
     lock_fd = vd.lock()
     meta = MetaRepo(vd.meta)

@@ -178,6 +178,8 @@ def create_volume(
     snapshot_interval: float | None = None,
     segment_size: int | None = None,
     key: Path | None = None,
+    pack_below: str | None = None,
+    pack_size: str | None = None,
 ) -> Volume:
     """`fusefs init` a volume BASE/NAME over N fresh store directories BASE/NAME-stores/sI."""
     base.mkdir(parents=True, exist_ok=True)
@@ -198,6 +200,10 @@ def create_volume(
         args += ["--snapshot-interval", snapshot_interval]
     if segment_size is not None:
         args += ["--segment-size", segment_size]
+    if pack_below is not None:
+        args += ["--pack-below", pack_below]
+    if pack_size is not None:
+        args += ["--pack-size", pack_size]
     assert_ok(run_fusefs(*args))
     assert key.is_file(), f"init did not write the key file {key}"
     return vol
@@ -662,6 +668,61 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
                                    vol.stores[si] / object_relpath(name),
                                    bytes(digests[16 * i : 16 * i + 16])))
         out.setdefault(shares[0].path, []).append(shares)
+    return out
+
+
+@dataclass(frozen=True)
+class PackObject:
+    """A pack object (format 4) as meta.db records it."""
+
+    id: int
+    store: int
+    file: Path  # STORE/objects/<name[0]>/<name>
+    size: int
+    live: int
+    state: int  # 0 open, 1 sealed, 2 dead
+
+
+def _keys(vol: Volume):
+    from fusefs.codec.keys import VolumeKeys, load_key_file
+
+    return VolumeKeys(load_key_file(vol.key), bytes.fromhex(_volume_id(vol)))
+
+
+def pack_objects(vol: Volume) -> list[PackObject]:
+    """Every pack meta.db names (read-only; a daemon's uncommitted changes are not seen)."""
+    import sqlite3
+
+    keys = _keys(vol)
+    db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT id, pid, store, size, live, state FROM packs ORDER BY id"
+                          ).fetchall()
+    finally:
+        db.close()
+    return [PackObject(pid_, si, vol.stores[si] / object_relpath(keys.pack_name(pid)), size,
+                       live, state) for pid_, pid, si, size, live, state in rows]
+
+
+def packed_members(vol: Volume) -> dict[str, list[tuple[int, Path, int, int]]]:
+    """File path -> (store, pack file, offset, length) of each packed share of its chunk 0
+    (files none of whose shares are packed are absent)."""
+    import sqlite3
+    import struct
+
+    packs = {p.id: p for p in pack_objects(vol)}
+    db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT d.name, p.locs FROM dentries d JOIN chunks c ON"
+                          " c.inode = d.inode AND c.idx = 0 JOIN packed p ON p.oid = c.oid"
+                          " WHERE d.parent = 1").fetchall()
+    finally:
+        db.close()
+    out: dict[str, list[tuple[int, Path, int, int]]] = {}
+    for name, locs in rows:
+        out["/" + os.fsdecode(name)] = [
+            (packs[pack].store, packs[pack].file, off, n)
+            for pack, off, n in struct.iter_unpack(">QII", locs) if pack]
     return out
 
 
