@@ -4,9 +4,10 @@
 
     scripts/make_golden.py FORMAT [--code COMMIT]
 
-Format 2 is what fusefs wrote before format 3 existed: the volume is written by that release's
-code (`--code`, default the last commit that made format-2 volumes), taken from git history
-into a temp dir and run with this interpreter. Format 3 is written by the checkout's code.
+Formats 2 and 3 are what fusefs wrote before the next format existed: the volume is written by
+that release's code (`--code`, default the last commit that made volumes of that format),
+taken from git history into a temp dir and run with this interpreter. Format 4 is written by
+the checkout's code, with pack objects (`init --pack-below`, small packs: several per store).
 Needs root (or FUSE for the user) and fusermount3, like the mount tests.
 
 What goes in: a K=3/M=2 volume over 5 store directories with 64 KiB chunks and 4 KiB
@@ -36,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT2_CODE = "ab1598d"  # the last release that made format-2 volumes
+OLD_CODE = {2: FORMAT2_CODE, 3: "a0f81c9"}  # the last commits that made format-2, -3 volumes
 N_STORES, K, M = 5, 3, 2
 CHUNK, SEGMENT = 64 * 1024, 4096
 KEY = "6f" * 32  # a test key: golden volumes hold no secrets
@@ -122,11 +124,11 @@ def make(fmt: int, code_commit: str | None, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         code = None
-        if fmt == 2:
+        if fmt in OLD_CODE:
             code = work / "code"
             code.mkdir()
             archive = subprocess.run(["git", "-C", str(ROOT), "archive",
-                                      code_commit or FORMAT2_CODE, "fusefs"],
+                                      code_commit or OLD_CODE[fmt], "fusefs"],
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
         vol, key, mnt = work / "volume", work / "key", work / "mnt"
@@ -139,7 +141,8 @@ def make(fmt: int, code_commit: str | None, out: Path) -> None:
         for s in stores:
             args += ["--store", s]
         fusefs(code, *args, "--data-shares", K, "--parity-shares", M, "--chunk-size", CHUNK,
-               "--segment-size", SEGMENT, "--key-file", key)
+               "--segment-size", SEGMENT, "--key-file", key,
+               *(("--pack-below", "64K", "--pack-size", "64K") if fmt >= 4 else ()))
         mnt.mkdir()
         fusefs(code, "mount", vol, mnt, "--key-file", key)
         try:
@@ -162,8 +165,8 @@ def make(fmt: int, code_commit: str | None, out: Path) -> None:
         shutil.copytree(work / "stores", out / "stores")
         shutil.copy(key, out / "key")
         manifest.update(format=fmt, data_shares=K, parity_shares=M, chunk_size=CHUNK,
-                        segment_size=SEGMENT, made_by=code_commit or FORMAT2_CODE
-                        if fmt == 2 else "this checkout",
+                        segment_size=SEGMENT, made_by=code_commit or OLD_CODE[fmt]
+                        if fmt in OLD_CODE else "this checkout",
                         stores_when_made=[str(s) for s in stores])
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True)
                                            + "\n")
@@ -172,8 +175,8 @@ def make(fmt: int, code_commit: str | None, out: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("format", type=int, choices=(2, 3))
-    p.add_argument("--code", help="commit whose fusefs writes a format-2 volume")
+    p.add_argument("format", type=int, choices=(2, 3, 4))
+    p.add_argument("--code", help="commit whose fusefs writes a format-2 or -3 volume")
     p.add_argument("--out", type=Path, help="default: tests/golden/format-FORMAT")
     args = p.parse_args()
     out = args.out or ROOT / "tests" / "golden" / f"format-{args.format}"
