@@ -209,10 +209,11 @@ def create_volume(
     return vol
 
 
-def mixed_volume(tmp_path: Path, server, k: int, m: int, n_local: int
+def mixed_volume(tmp_path: Path, server, k: int, m: int, n_local: int, *init: object
                  ) -> tuple[Volume, list[str], list[str]]:
     """A volume of `n_local` local stores followed by k + m - n_local buckets of the S3 test
-    server `server`; returns it, the bucket names and every store URL."""
+    server `server` (`init`: more init options); returns it, the bucket names and every
+    store URL."""
     local = [tmp_path / f"local{i}" for i in range(n_local)]
     for d in local:
         d.mkdir()
@@ -224,7 +225,8 @@ def mixed_volume(tmp_path: Path, server, k: int, m: int, n_local: int
     args: list[object] = ["init", tmp_path / "vol"]
     for u in urls:
         args += ["--store", u]
-    assert_ok(run_fusefs(*args, "--data-shares", k, "--parity-shares", m, "--key-file", key))
+    assert_ok(run_fusefs(*args, "--data-shares", k, "--parity-shares", m, "--key-file", key,
+                         *init))
     return Volume(tmp_path / "vol", local, key, k, m), buckets, urls
 
 

@@ -28,6 +28,7 @@ from helpers import (
     assert_ok,
     fusermount_lazy,
     is_mounted,
+    mixed_volume,
     pack_objects,
     packed_members,
     pid_alive,
@@ -299,6 +300,32 @@ def test_a_version_keeps_packed_files_after_deletes_compaction_and_gc(
     mnt = mounter.mount(vol, tmp_path / "mnt")
     assert_files(mnt / "other", small_files(100, "other"))
     assert damage_events(vol) == []
+
+
+def test_s3_stores_keep_an_object_per_share_beside_packing_local_stores(
+        tmp_path: Path, s3_server, mounter: Mounter) -> None:
+    """S3 stores take no appends: their shares stay objects of their own (each PUT before
+    the close returns), while the local stores of the same volume pack theirs; a packed
+    local store lost is rebuilt from the buckets."""
+    vol, buckets, _ = mixed_volume(tmp_path, s3_server, 3, 2, 3, "--pack-below", "256K")
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    files = small_files(40, "s3")
+    write_files(mnt, files)
+    mounter.umount(mnt)
+    client = s3_server.client()
+    for bucket in buckets:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="vol/objects/")
+        assert listed["KeyCount"] >= 40  # one per share (and the metadata snapshots')
+    assert {p.store for p in pack_objects(vol)} == {0, 1, 2}
+    for p in pack_objects(vol):
+        if p.store in (0, 1):
+            p.file.unlink()
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    assert_files(mnt, files)
+    res, report = scrub_json(mnt)
+    assert report["healthy"], res.describe()
+    res, report = scrub_json(mnt, "--no-repair")
+    assert report["healthy"] and not any(s["missing"] for s in report["stores"]), report
 
 
 def test_compact_and_init_options_fail_in_one_line(volume, tmp_path: Path) -> None:

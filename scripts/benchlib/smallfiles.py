@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only the many-small-files workload (issue 17)")
     p.add_argument("--files", type=int, metavar="N",
                    help=f"small files (default {FILES:,}; --quick: {QUICK_FILES})")
+    p.add_argument("--pack-below", metavar="SIZE",
+                   help="init the fusefs volume with --pack-below SIZE (pack objects)")
 
 
 def sizes_of(n: int, seed: int) -> list[int]:
@@ -183,7 +185,10 @@ class SmallFiles:
             self.samples[key].setdefault(system, []).append(value)
 
     def make_systems(self) -> list[System]:
-        systems: list[System] = [System(self.work), MetricsFusefs(self.work, self.a.fusefs_cmd)]
+        fusefs = MetricsFusefs(self.work, self.a.fusefs_cmd)
+        if getattr(self.a, "pack_below", None):
+            fusefs.init_extra = ["--pack-below", self.a.pack_below]
+        systems: list[System] = [System(self.work), fusefs]
         if not self.a.no_peers:
             systems.append(Passthrough(self.work))
             if shutil.which("gocryptfs"):

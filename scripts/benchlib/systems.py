@@ -129,6 +129,7 @@ class Fusefs(FuseSystem):
         self.vol = os.path.join(work, "volume")
         self.key = os.path.join(work, "volume.key")
         self.stores = [os.path.join(work, "stores", f"s{i}") for i in range(N)]
+        self.init_extra: list[str] = []  # more `fusefs init` options (e.g. --pack-below)
 
     def cli(self, *args: str) -> str:
         argv = [*self.cmd, *args]
@@ -142,7 +143,8 @@ class Fusefs(FuseSystem):
             args += ["--store", url]
         chunk = os.environ.get("FUSEFS_BENCH_CHUNK")  # e.g. 256K: compare chunk sizes
         self.cli(*args, "--data-shares", str(K), "--parity-shares", str(M),
-                 "--key-file", self.key, *(["--chunk-size", chunk] if chunk else []))
+                 "--key-file", self.key, *(["--chunk-size", chunk] if chunk else []),
+                 *self.init_extra)
         self.mount()
 
     def _mount(self) -> None:
