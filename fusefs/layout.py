@@ -8,6 +8,8 @@ scrub and garbage collection share one `Layout` instead of reaching into each ot
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,6 +24,37 @@ from fusefs.stores.base import Store
 ZERO_NONCE_ID = bytes(16)
 
 
+class PackCache:
+    """Whole packs read once, so that the members a scrub verifies come from one read per
+    pack instead of a ranged read each (`Scrubber`). Bounded: the least recently filled
+    pack goes first; a member of a pack not held here is read from its store as usual.
+    Worker threads read it while the event loop fills it: a lock guards the dict."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._packs: OrderedDict[tuple[int, bytes], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[int, bytes]) -> bool:
+        return key in self._packs
+
+    def put(self, si: int, pid: bytes, data: bytes) -> None:
+        with self._lock:
+            self._packs[(si, pid)] = data
+            self._size += len(data)
+            while self._size > self.limit and len(self._packs) > 1:
+                self._size -= len(self._packs.popitem(last=False)[1])
+
+    def member(self, si: int, loc: PackLoc) -> memoryview | None:
+        """The bytes of a member (short or empty where the pack is), or None: not held."""
+        with self._lock:
+            data = self._packs.get((si, loc.pid))
+        if data is None:
+            return None
+        return memoryview(data)[loc.offset : loc.offset + loc.length]
+
+
 @dataclass(frozen=True)
 class Layout:
     config: VolumeConfig
@@ -33,6 +66,8 @@ class Layout:
     seg: int = field(init=False)
     quorum: int = field(init=False)  # stores that must take a share for a write to succeed
     volume_id: bytes = field(init=False)
+    # Packs a scrub read whole (None: none); readers take members from it (`shareio`).
+    pack_cache: PackCache | None = field(init=False, default=None, compare=False)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -62,6 +97,14 @@ class Layout:
         """How events name a share: its object, or "PACK@OFFSET+LENGTH" inside a pack."""
         name, loc = self.where(row, share)
         return name if loc is None else f"{name}@{loc.offset}+{loc.length}"
+
+    def cached_member(self, si: int, loc: PackLoc) -> memoryview | None:
+        """A packed share from a pack a scrub read whole, or None (read it from its store)."""
+        cache = self.pack_cache
+        return None if cache is None else cache.member(si, loc)
+
+    def set_pack_cache(self, cache: PackCache | None) -> None:
+        object.__setattr__(self, "pack_cache", cache)
 
     def packs_here(self, length: int) -> bool:
         """Whether the shares of a chunk of `length` plaintext bytes go into packs."""

@@ -9,6 +9,7 @@ the commit, or planted); objects of writes in progress are never counted as orph
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ from fusefs.errors import ChunkUnrecoverable, NoSuchObject, StoreError
 from fusefs.events import EventLog
 from fusefs.heal import Healer
 from fusefs.health import StoreHealth
-from fusefs.layout import Layout
+from fusefs.layout import Layout, PackCache
 from fusefs.meta.repo import ChunkRow, MetaRepo
 from fusefs.snapshots.objects import META_FILE_ID, Ref
 from fusefs.storecheck import CLAIMED, OK, UNREACHABLE, StoreWatch, check_store
@@ -119,8 +120,15 @@ class Scrubber:
         listings = await self._list_objects() if self.orphans else []
         if self.repair:
             await self.healer.process_queue()
-        await self._verify_chunks(start)
-        await self._verify_version_chunks(start)
+        if self.lay.config.packs and self.lay.pack_cache is None:
+            # One pack per store held at a time: packs are filled in inode order, which
+            # is the order chunks are visited in.
+            self.lay.set_pack_cache(PackCache(len(self.lay.stores) * self.lay.config.pack_size))
+        try:
+            await self._verify_chunks(start)
+            await self._verify_version_chunks(start)
+        finally:
+            self.lay.set_pack_cache(None)
         await self._verify_snapshots(start)
         await self._orphans(listings, referenced)
         self.report.queued_repairs = self.meta.repair_count()
@@ -165,6 +173,7 @@ class Scrubber:
             batch = self.meta.chunks_after(*cursor, _BATCH)
             if not batch:
                 break
+            await self._read_packs([row for _, _, row in batch])
             for ino, file_id, row in batch:
                 cursor = (ino, row.idx)
                 if self.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
@@ -180,7 +189,10 @@ class Scrubber:
         """Chunk versions only named versions hold (replaced or deleted in the live tree):
         verified and healed like the live tree's, since a version must stay readable."""
         paths: dict[int, str] = {}
-        for ino, file_id, row in self.meta.version_only_chunks():
+        rows = self.meta.version_only_chunks()
+        for at, (ino, file_id, row) in enumerate(rows):
+            if at % _BATCH == 0:
+                await self._read_packs([r for _, _, r in rows[at : at + _BATCH]])
             if self.meta.chunk_by_oid(ino, row.idx, row.oid) is None:
                 continue  # its last version was deleted meanwhile
             if ino not in paths:
@@ -189,6 +201,26 @@ class Scrubber:
             self.report.chunks += 1
             self.report.bytes_read += row.length * self.lay.n // self.lay.k
             await self._throttle(start)
+
+    async def _read_packs(self, rows: list[ChunkRow]) -> None:
+        """Read whole, once, the packs holding these chunks' packed shares (scrub verifies
+        packs as units): their members are then checked from memory, by the same read
+        algorithm. A pack that cannot be read is left out: its members are then fetched
+        one by one, which finds and reports what is wrong with each."""
+        cache = self.lay.pack_cache
+        if cache is None:
+            return
+        wanted = {(row.placement[i], loc.pid) for row in rows for i, loc in
+                  enumerate(row.locs or ()) if loc is not None}
+        wanted = {w for w in wanted if w not in cache and not self.health.down(w[0])}
+
+        async def read(si: int, pid: bytes) -> None:
+            with contextlib.suppress(NoSuchObject, StoreError):
+                cache.put(si, pid, await self.lay.stores[si].get(self.lay.pack_name(pid)))
+
+        async with trio.open_nursery() as nursery:
+            for si, pid in sorted(wanted):
+                nursery.start_soon(read, si, pid)
 
     async def _verify_snapshots(self, start: float) -> None:
         """The metadata snapshots in the stores are verified and healed like file data:

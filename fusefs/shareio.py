@@ -223,6 +223,9 @@ class BlockingRun:
             return
         store = self.lay.stores[si]
         name, loc = self.lay.where(st.row, i)
+        if loc is not None and (cached := self.lay.cached_member(si, loc)) is not None:
+            st.take_bytes(i, cached)  # its pack was read whole (scrub)
+            return
         try:
             if loc is not None:  # a member of a pack: a ranged read
                 if i < st.k and store.read_into_blocking is not None and loc.length == st.size:
@@ -321,6 +324,9 @@ class AsyncRun:
             st.bad[i] = UNREACHABLE
             return
         name, loc = self.lay.where(st.row, i)
+        if loc is not None and (cached := self.lay.cached_member(si, loc)) is not None:
+            st.take_bytes(i, cached)  # its pack was read whole (scrub)
+            return
         try:
             with trio.fail_after(READ_TIMEOUT):
                 if loc is None:

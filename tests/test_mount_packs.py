@@ -105,7 +105,13 @@ def fusefs_direct(vol: Volume):
     return fusefs.open_volume(vol.path, key_file=vol.key)
 
 
-def test_a_flipped_pack_byte_damages_only_the_member_it_hits(volume, mounter: Mounter,
+def flip(pack: Path, at: int) -> None:
+    raw = bytearray(pack.read_bytes())
+    raw[at] ^= 0x40
+    pack.write_bytes(raw)
+
+
+def test_a_flipped_pack_byte_damages_only_the_members_it_hits(volume, mounter: Mounter,
                                                             tmp_path: Path) -> None:
     vol = packed_volume(volume)
     mnt = mounter.mount(vol, tmp_path / "mnt")
@@ -113,24 +119,29 @@ def test_a_flipped_pack_byte_damages_only_the_member_it_hits(volume, mounter: Mo
     write_files(mnt, files)
     mounter.umount(mnt)
     members = packed_members(vol)
-    store, pack, offset, length = members["/f00021"][0]  # its first data share
-    raw = bytearray(pack.read_bytes())
-    raw[offset + length // 2] ^= 0x40
-    pack.write_bytes(raw)
+    store, pack, offset, length = members["/f00021"][0]  # a data share: a read finds it
+    pstore, ppack, poffset, plength = members["/f00042"][4]  # a parity share: scrub does
+    flip(pack, offset + length // 2)
+    flip(ppack, poffset)
+    damaged = pack.read_bytes()
 
     mnt = mounter.mount(vol, tmp_path / "mnt")
-    assert_files(mnt, files)
-    res, report = scrub_json(mnt)  # after the background heal: nothing left to find
+    assert_files(mnt, files)  # reads the data shares: finds the first member only
+    res, report = scrub_json(mnt)  # from whole packs: finds and heals the parity member
     assert report["healthy"] and report["chunks"] == 60, res.describe()
+    assert sum(s["checksum_mismatch"] for s in report["stores"]) == 1, report
     mounter.umount(mnt)
     events = damage_events(vol)
     assert [(e["kind"], e["action"], e["file"], e["store"], e["object"]) for e in events] == [
         ("checksum_mismatch", "healed", "/f00021", vol.store_url(store),
-         f"{pack.name}@{offset}+{length}")]
-    assert pack.read_bytes() == raw  # a pack is never written again: the copy is elsewhere
+         f"{pack.name}@{offset}+{length}"),
+        ("checksum_mismatch", "healed", "/f00042", vol.store_url(pstore),
+         f"{ppack.name}@{poffset}+{plength}")]
+    assert pack.read_bytes() == damaged  # a pack is never written again: the copy is elsewhere
     moved = packed_members(vol)["/f00021"][0]
     assert moved[0] == store and moved[1:] != (pack, offset, length)
-    assert all(packed_members(vol)[f] == m for f, m in members.items() if f != "/f00021")
+    assert all(packed_members(vol)[f] == m for f, m in members.items()
+               if f not in ("/f00021", "/f00042"))
 
 
 def test_truncated_and_deleted_packs_are_rebuilt_and_healed(volume, mounter: Mounter,
