@@ -55,9 +55,7 @@ def init_volume(args: argparse.Namespace) -> None:
     volume_id = os.urandom(16)
     timing = {name: value for name, value in (("snapshot_interval", args.snapshot_interval),
                                               ("gc_grace", args.gc_grace)) if value is not None}
-    packing = {name: parse_size(value) for name, value in (("pack_below", args.pack_below),
-                                                           ("pack_size", args.pack_size))
-               if value is not None}
+    packing = {n: parse_size(v) for n in ("pack_below", "pack_size") if (v := getattr(args, n))}
     cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="",
                        segment_size=seg, **timing, **packing)
     validate(cfg)

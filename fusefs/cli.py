@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compact":
             from fusefs.compactcmd import compact
 
-            compact(args.target, args.key_file, as_json=args.json)
-            return 0
+            return compact(args.target, args.key_file, as_json=args.json)
         if args.command == "status":
             from fusefs.status import status
 

@@ -16,7 +16,8 @@ from fusefs.stores import open_store
 from fusefs.volumedir import VolumeDir, resolve_target
 
 
-def compact(target: str, key_file: str | None, *, as_json: bool = False) -> None:
+def compact(target: str, key_file: str | None, *, as_json: bool = False) -> int:
+    """Compact now; the exit status (0: done, failures raise FusefsError)."""
     vd, mounted = resolve_target(target)
     if mounted is not None:
         from fusefs.control import request
@@ -33,10 +34,11 @@ def compact(target: str, key_file: str | None, *, as_json: bool = False) -> None
         result = _offline(vd, key_file)
     if as_json:
         print(json.dumps(result))
-        return
+        return 0
     print(f"compacted {result['packs']} packs: {result['moved_bytes']} bytes copied, "
           f"{result['freed_bytes']} bytes freed"
           + (f"; {result['left']} damaged members left for scrub" if result["left"] else ""))
+    return 0
 
 
 def _offline(vd: VolumeDir, key_file: str | None) -> dict:

@@ -67,6 +67,8 @@ class Compactor:
     async def run_once(self) -> CompactReport:
         """Compact every pack that is dead enough, on stores that take writes."""
         report = CompactReport()
+        if self.packs.closed:
+            return report  # unmounting: nothing is appended any more
         async with self._lock:
             candidates = [p for p in self.meta.compaction_candidates(DEAD_FRACTION)
                           if self.health.write_refusal(p.store) is None]

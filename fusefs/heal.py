@@ -214,11 +214,16 @@ class Healer:
     async def _move(self, row: ChunkRow, i: int, old: PackLoc, share: erasure.Buffer) -> bool:
         """A packed share is healed by appending its exact bytes to its store's open pack
         and pointing the chunk version at the copy (a pack is never written twice; the
-        damaged bytes become dead, and compaction frees them)."""
+        damaged bytes become dead, and compaction frees them). A store that takes no
+        appends (its URL now names an S3 bucket) gets the share as an object of its own."""
         if self.packs is None:
             raise StoreError(f"store {self.lay.url_of(row, i)}: no pack writer (read-only)")
-        await self.packs.prepare([row.placement[i]])
-        new = await self.packs.append(row.placement[i], share)
+        si = row.placement[i]
+        if not self.packs.can_pack(si):
+            await self.lay.stores[si].put(self.lay.name(row.oid, i), share)
+            return self.meta.move_share(row.oid, i, old, None)
+        await self.packs.prepare([si])
+        new = await self.packs.append(si, share)
         return self.meta.move_share(row.oid, i, old, new)
 
     async def verify(self, ino: int, file_id: bytes, row: ChunkRow, repair: bool,

@@ -403,6 +403,23 @@ class AsyncRun:
                 return parts  # type: ignore[return-value]
         return None
 
+    async def _put_share(self, step: Put, i: int
+                         ) -> tuple[PackLoc | None, StoreError | None]:
+        """Store share i (appended to its store's pack, when packing): where in a pack it
+        went (None: an object of its own), or why it could not be stored."""
+        si = step.where[i]
+        error = self.health.write_refusal(si)
+        if error is not None:
+            return None, error
+        try:
+            if step.packs is not None and step.packs.can_pack(si):
+                return await step.packs.append(si, step.shares[i]), None
+            await self.lay.stores[si].put(self.lay.name(step.oid, i), step.shares[i])
+        except StoreError as e:
+            self.health.mark_down(si, e)
+            return None, e
+        return None, None
+
     async def _put(self, step: Put) -> PutResult:
         """Put every share in parallel. Without a background nursery, wait for all. With
         one, return as soon as the write quorum has answered and either every put has or
@@ -417,24 +434,12 @@ class AsyncRun:
         returned = False
 
         async def put(i: int) -> None:
-            si = step.where[i]
-            error = self.health.write_refusal(si)
-            packed = step.packs is not None and step.packs.can_pack(si)
-            if error is None:
-                try:
-                    if packed:
-                        loc = await step.packs.append(si, step.shares[i])  # type: ignore[union-attr]
-                        if not returned:
-                            locs[i] = loc
-                    else:
-                        await self.lay.stores[si].put(self.lay.name(step.oid, i),
-                                                      step.shares[i])
-                except StoreError as e:
-                    error = e
-                    self.health.mark_down(si, e)
+            loc, error = await self._put_share(step, i)
             if not returned:
+                if loc is not None:
+                    locs[i] = loc
                 send.send_nowait((i, error))
-            elif self.late is not None and (error is not None or not packed):
+            elif self.late is not None and (error is not None or loc is None):
                 # A share appended to a pack after the row was made is not in it: its
                 # queued repair stays (those bytes of the pack hold nothing).
                 self.late(step.oid, i, error)

@@ -19,12 +19,11 @@ FUSE_MODULES = {"fusefs.fuse_ops", "fusefs.mount"}
 # The data path below the file layer: none of these may import the modules listed after it.
 LOWER = ("fusefs.codec", "fusefs.stores", "fusefs.meta", "fusefs.layout", "fusefs.health",
          "fusefs.workers", "fusefs.shareio", "fusefs.packs", "fusefs.compaction",
-         "fusefs.chunkread",
-         "fusefs.chunkwrite",
-         "fusefs.durability", "fusefs.heal", "fusefs.scrub")
+         "fusefs.chunkread", "fusefs.chunkwrite", "fusefs.durability", "fusefs.heal",
+         "fusefs.scrub")
 UPPER = ("fusefs.volume", "fusefs.filedata", "fusefs.vfs", "fusefs.fuse_ops", "fusefs.mount",
          "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli",
-         "fusefs.lifecycle", "fusefs.direct")
+         "fusefs.compactcmd", "fusefs.lifecycle", "fusefs.direct")
 # Imported by every layer, so it imports nothing from the package but these.
 EVERYONES = {"fusefs.metrics": {"fusefs.errors"}}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusefs.errors import ConfigError
+from fusefs.meta.packrows import (  # noqa: F401 (PackLoc, PackRow: re-exported)
+    Locs,
+    PackLoc,
+    PackRow,
+    PackSql,
+)
 from fusefs.meta.schema import SCHEMA_VERSION, create_tables, migrate, read_as_current
 
 ROOT_INODE = 1
@@ -59,26 +64,6 @@ class InodeRow:
 
 
 @dataclass(frozen=True, slots=True)
-class PackLoc:
-    """Where a packed share is: `length` bytes at `offset` of pack `pack` (packs.id), whose
-    object is named after `pid`."""
-
-    pack: int
-    pid: bytes
-    offset: int
-    length: int
-
-
-Locs = tuple["PackLoc | None", ...]  # per share: its place in a pack, or None (own object)
-_LOC = struct.Struct(">QII")  # packed.locs: u64 packs.id, u32 offset, u32 length per share
-
-
-def encode_locs(locs: Locs) -> bytes:
-    return b"".join(_LOC.pack(loc.pack, loc.offset, loc.length) if loc is not None
-                    else _LOC.pack(0, 0, 0) for loc in locs)
-
-
-@dataclass(frozen=True, slots=True)
 class ChunkRow:
     idx: int
     version: int
@@ -98,19 +83,6 @@ class ChunkRow:
 
 
 @dataclass(frozen=True, slots=True)
-class PackRow:
-    id: int
-    pid: bytes
-    store: int
-    size: int
-    live: int
-    state: int
-
-
-PACK_OPEN, PACK_SEALED, PACK_DEAD = 0, 1, 2  # packs.state
-
-
-@dataclass(frozen=True, slots=True)
 class Stats:
     files: int
     directories: int
@@ -120,7 +92,7 @@ class Stats:
     sealed_bytes: int  # sum of chunk plaintext lengths (stored bytes are ~ n/k of this)
 
 
-class MetaRepo:
+class MetaRepo(PackSql):
     """The metadata database of one volume."""
 
     def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
@@ -160,7 +132,6 @@ class MetaRepo:
             raise ConfigError(f"metadata database {self.path} is unusable: {e}") from None
         if version is None or not 1 <= version <= SCHEMA_VERSION:
             raise ConfigError(f"metadata database {self.path} has an unknown schema version")
-        self.has_packs = True  # (older read-only databases get empty temporary tables)
 
     def close(self) -> None:
         self.db.close()
@@ -348,18 +319,6 @@ class MetaRepo:
             return ChunkRow(*r[:7])
         return ChunkRow(*r[:7], self.decode_locs(r[7]))
 
-    def decode_locs(self, blob: bytes) -> Locs:
-        pid = self._pid
-        return tuple(PackLoc(pack, pid(pack), off, n) if pack else None
-                     for pack, off, n in _LOC.iter_unpack(blob))
-
-    def _pid(self, pack: int) -> bytes:
-        found = self._pids.get(pack)
-        if found is None:
-            row = self.db.execute("SELECT pid FROM packs WHERE id=?", (pack,)).fetchone()
-            found = self._pids[pack] = row[0] if row else bytes(16)
-        return found
-
     def get_chunk(self, ino: int, idx: int) -> ChunkRow | None:
         row = self.db.execute(f"SELECT {CHUNK_SELECT} FROM chunks c WHERE c.inode=? AND c.idx=?",
                               (ino, idx)).fetchone()
@@ -392,19 +351,6 @@ class MetaRepo:
             f"INSERT OR REPLACE INTO chunks (inode, {CHUNK_COLS}) VALUES (?,?,?,?,?,?,?,?)",
             (ino, row.idx, row.version, row.oid, row.length, row.placement, row.digests,
              row.content))
-
-    def _add_packed(self, oid: bytes, locs: Locs) -> None:
-        """Record where a chunk version's packed shares are, and count them in their packs."""
-        self.db.execute("INSERT OR REPLACE INTO packed VALUES (?,?)", (oid, encode_locs(locs)))
-        self._count([(loc, 1) for loc in locs if loc is not None])
-
-    def _count(self, changes: list[tuple[PackLoc, int]]) -> None:
-        """Add (+1) or remove (-1) members to or from their packs' live bytes."""
-        if changes:
-            self.db.executemany(
-                "UPDATE packs SET live = live + ?, size = MAX(size, ?) WHERE id=?",
-                [(sign * loc.length, loc.offset + loc.length, loc.pack)
-                 for loc, sign in changes])
 
     def set_content(self, oid: bytes, content: bytes) -> None:
         """Record the content digest of a chunk version written before digests were kept
@@ -460,13 +406,6 @@ class MetaRepo:
         return self.db.execute("SELECT oid, placement FROM chunks UNION ALL "
                                "SELECT oid, placement FROM version_chunks UNION ALL "
                                "SELECT oid, placement FROM garbage").fetchall()
-
-    def all_packs(self) -> list[PackRow]:
-        """Every pack with an object in a store (or about to have one)."""
-        if not self.has_packs:
-            return []
-        return [PackRow(*r) for r in self.db.execute(
-            "SELECT id, pid, store, size, live, state FROM packs")]
 
     def chunk_by_oid(self, ino: int, idx: int, oid: bytes) -> ChunkRow | None:
         """The chunk version `oid` of (ino, idx) if the live tree or a named version still
@@ -560,128 +499,8 @@ class MetaRepo:
         """The shares of these garbage rows are gone from the stores: forget the rows, and
         their packed shares' places (the packs they emptied become dead)."""
         with self.transaction():
-            if self.has_packs and ids:
-                gone = []
-                for at in range(0, len(ids), 500):
-                    part = ids[at : at + 500]
-                    gone += self.db.execute(
-                        "SELECT p.oid, p.locs FROM garbage g JOIN packed p ON p.oid = g.oid"
-                        f" WHERE g.id IN ({','.join('?' * len(part))})", part).fetchall()
-                self._count([(loc, -1) for _, blob in gone
-                             for loc in self.decode_locs(blob) if loc is not None])
-                self.db.executemany("DELETE FROM packed WHERE oid=?", [(o,) for o, _ in gone])
-                if gone:
-                    self.retire_empty_packs()
+            self._forget_packed(ids)
             self.db.executemany("DELETE FROM garbage WHERE id=?", [(i,) for i in ids])
-
-    # -- packs ---------------------------------------------------------------------------
-    def packed_locs(self, oids: list[bytes]) -> dict[bytes, Locs]:
-        """Where the packed shares of these chunk versions are (versions without any: absent)."""
-        out: dict[bytes, Locs] = {}
-        if not self.has_packs:
-            return out
-        for at in range(0, len(oids), 500):
-            part = oids[at : at + 500]
-            for oid, blob in self.db.execute(
-                    f"SELECT oid, locs FROM packed WHERE oid IN ({','.join('?' * len(part))})",
-                    part):
-                out[oid] = self.decode_locs(blob)
-        return out
-
-    def new_pack(self, pid: bytes, store: int) -> int:
-        """Record a pack before its object is created (so no pack object is ever unnamed:
-        an interrupted mount leaves an empty pack row, never an orphan)."""
-        with self.transaction():
-            cur = self.db.execute("INSERT INTO packs (pid, store, size, live, state)"
-                                  " VALUES (?,?,0,0,?)", (pid, store, PACK_OPEN))
-        self._pids[cur.lastrowid] = pid  # type: ignore[index]
-        return cur.lastrowid  # type: ignore[return-value]
-
-    def seal_packs(self, ids: list[int] | None = None) -> None:
-        """No more appends to these packs (None: every open one, as at mount after a crash);
-        those that hold nothing anyone needs become dead."""
-        with self.transaction():
-            if ids is None:
-                self.db.execute("UPDATE packs SET state=? WHERE state=?",
-                                (PACK_SEALED, PACK_OPEN))
-            else:
-                self.db.executemany("UPDATE packs SET state=? WHERE id=? AND state=?",
-                                    [(PACK_SEALED, i, PACK_OPEN) for i in ids])
-            self.retire_empty_packs()
-
-    def retire_empty_packs(self) -> None:
-        """Sealed packs that no chunk version names any more become dead (to be deleted)."""
-        self.db.execute("INSERT OR IGNORE INTO pack_garbage (pack) SELECT id FROM packs"
-                        " WHERE state=? AND live <= 0", (PACK_SEALED,))
-        self.db.execute("UPDATE packs SET state=? WHERE state=? AND live <= 0",
-                        (PACK_DEAD, PACK_SEALED))
-
-    def move_share(self, oid: bytes, share: int, old: PackLoc, new: PackLoc) -> bool:
-        """Point share `share` of chunk version `oid` at its new place in a pack (a heal or
-        compaction copied it there), if it is still at `old`; False when it moved meanwhile
-        or the version is gone (the copy then holds nothing anyone needs)."""
-        row = self.db.execute("SELECT locs FROM packed WHERE oid=?", (oid,)).fetchone()
-        if row is None:
-            return False
-        locs = list(self.decode_locs(row[0]))
-        cur = locs[share]
-        if cur is None or (cur.pack, cur.offset) != (old.pack, old.offset):
-            return False
-        locs[share] = new
-        with self.transaction():
-            self.db.execute("UPDATE packed SET locs=? WHERE oid=?",
-                            (encode_locs(tuple(locs)), oid))
-            self._count([(old, -1), (new, 1)])
-            self.retire_empty_packs()
-        return True
-
-    def pack_garbage(self, limit: int = 1000, published_before_ns: int | None = None
-                     ) -> list[tuple[int, int, bytes, int]]:
-        """Dead packs to delete: (pack_garbage id, packs.id, pid, store); with
-        `published_before_ns`, only those a snapshot published before then no longer names."""
-        if not self.has_packs:
-            return []
-        where = "" if published_before_ns is None else " WHERE g.published_ns <= ?"
-        args = () if published_before_ns is None else (published_before_ns,)
-        return self.db.execute(
-            "SELECT g.id, p.id, p.pid, p.store FROM pack_garbage g JOIN packs p"
-            f" ON p.id = g.pack{where} ORDER BY g.id LIMIT ?", (*args, limit)).fetchall()
-
-    def pack_garbage_done(self, ids: list[tuple[int, int]]) -> None:
-        """These dead packs' objects are deleted: (pack_garbage id, packs.id) pairs."""
-        with self.transaction():
-            self.db.executemany("DELETE FROM pack_garbage WHERE id=?", [(g,) for g, _ in ids])
-            self.db.executemany("DELETE FROM packs WHERE id=?", [(p,) for _, p in ids])
-        for _, p in ids:
-            self._pids.pop(p, None)
-
-    def pack_is_dead(self, pack: int) -> bool:
-        row = self.db.execute("SELECT state FROM packs WHERE id=?", (pack,)).fetchone()
-        return row is None or row[0] == PACK_DEAD
-
-    def max_pack_garbage_id(self) -> int:
-        if not self.has_packs:
-            return 0
-        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM pack_garbage").fetchone()[0]
-
-    def mark_pack_garbage_published(self, up_to_id: int, now_ns: int) -> None:
-        """A snapshot was published that no longer names the dead packs up to this id."""
-        if self.has_packs:
-            self.db.execute("UPDATE pack_garbage SET published_ns=? WHERE published_ns IS NULL"
-                            " AND id <= ?", (now_ns, up_to_id))
-
-    def compaction_candidates(self, dead_fraction: float) -> list[PackRow]:
-        """Sealed packs more than `dead_fraction` of whose bytes no chunk version names."""
-        if not self.has_packs:
-            return []
-        return [PackRow(*r) for r in self.db.execute(
-            "SELECT id, pid, store, size, live, state FROM packs WHERE state=? AND live > 0"
-            " AND live < size * ?", (PACK_SEALED, 1.0 - dead_fraction))]
-
-    def packed_after(self, oid: bytes, limit: int) -> list[tuple[bytes, Locs]]:
-        """`packed` rows after `oid`, in oid order (a cursor over every packed share)."""
-        return [(o, self.decode_locs(b)) for o, b in self.db.execute(
-            "SELECT oid, locs FROM packed WHERE oid > ? ORDER BY oid LIMIT ?", (oid, limit))]
 
     # -- chunks found unrecoverable --------------------------------------------------------
     def mark_unreadable(self, oid: bytes, ino: int, idx: int, now_ns: int) -> None:
