@@ -11,6 +11,7 @@ readable after the live files are deleted, compaction and garbage collection ran
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -154,6 +155,9 @@ def test_truncated_and_deleted_packs_are_rebuilt_and_healed(volume, mounter: Mou
     packs = {p.store: p for p in pack_objects(vol)}
     os.truncate(packs[0].file, packs[0].size // 2)  # half the members cut off
     packs[1].file.unlink()  # M = 2 stores damaged: every chunk still has K good shares
+    res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)  # offline
+    assert res.returncode == 1 and report["stores"][1]["missing"] == 80, res.describe()
+    assert 0 < report["stores"][0]["missing"] + report["stores"][0]["checksum_mismatch"] < 80
     mnt = mounter.mount(vol, tmp_path / "mnt")
     assert_files(mnt, files)
     res, report = scrub_json(mnt)
@@ -162,7 +166,7 @@ def test_truncated_and_deleted_packs_are_rebuilt_and_healed(volume, mounter: Mou
     assert report["healthy"] and report["stores"][0]["missing"] == 0, res.describe()
     assert not any(s["checksum_mismatch"] or s["missing"] for s in report["stores"])
     mounter.umount(mnt)
-    events = damage_events(vol)
+    events = [e for e in damage_events(vol) if e["action"] != "reported"]  # (offline scrub)
     assert {e["store"] for e in events} == {vol.store_url(0), vol.store_url(1)}
     assert {e["action"] for e in events} == {"healed"}
     assert sum(e["store"] == vol.store_url(1) for e in events) == 80  # every member
@@ -178,6 +182,31 @@ def test_truncated_and_deleted_packs_are_rebuilt_and_healed(volume, mounter: Mou
             p.file.unlink()
     mnt = mounter.mount(vol, tmp_path / "mnt")
     assert_files(mnt, files)
+
+
+def test_packs_damaged_on_more_than_m_stores_give_eio_never_wrong_bytes(
+        volume, mounter: Mounter, tmp_path: Path) -> None:
+    vol = packed_volume(volume)
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    files = small_files(20, "eio")
+    write_files(mnt, files)
+    mounter.umount(mnt)
+    packs = {p.store: p for p in pack_objects(vol)}
+    packs[0].file.unlink()
+    os.truncate(packs[1].file, 0)
+    raw = bytearray(packs[2].file.read_bytes())  # every byte flipped: every member bad
+    packs[2].file.write_bytes(bytes(b ^ 0xFF for b in raw))
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    for name in files:
+        with pytest.raises(OSError) as info:
+            read_uncached(mnt / name)
+        assert info.value.errno == errno.EIO, name
+    res, report = scrub_json(mnt)
+    assert res.returncode == 1 and len(report["unrecoverable_files"]) == 20, res.describe()
+    mounter.umount(mnt)
+    assert packs[2].file.read_bytes() == bytes(b ^ 0xFF for b in raw)  # nothing rewritten
+    unrecoverable = [e for e in read_events(vol) if e["action"] == "unrecoverable"]
+    assert {e["file"] for e in unrecoverable} == {f"/{n}" for n in files}
 
 
 def kill_daemon(vol: Volume, mnt: Path, mounter: Mounter) -> None:
