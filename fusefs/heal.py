@@ -215,11 +215,12 @@ class Healer:
         """A packed share is healed by appending its exact bytes to its store's open pack
         and pointing the chunk version at the copy (a pack is never written twice; the
         damaged bytes become dead, and compaction frees them). A store that takes no
-        appends (its URL now names an S3 bucket) gets the share as an object of its own."""
+        appends (its URL now names an S3 bucket), or a heal after the packs were sealed
+        (unmount), gets the share as an object of its own."""
         if self.packs is None:
             raise StoreError(f"store {self.lay.url_of(row, i)}: no pack writer (read-only)")
         si = row.placement[i]
-        if not self.packs.can_pack(si):
+        if not self.packs.can_pack(si) or self.packs.closed:
             await self.lay.stores[si].put(self.lay.name(row.oid, i), share)
             return self.meta.move_share(row.oid, i, old, None)
         await self.packs.prepare([si])
