@@ -6,8 +6,9 @@ appended instead to the store's open *pack*, and the chunk row records each one'
 offset, length) (`meta.repo.PackLoc`, table `packed`). A pack is written from its start to
 its end and never changed afterwards: the metadata names only members wholly written.
 
-`PackWriter` keeps the open pack of every store. On a store that offers appends (a local
-disk: `Store.open_append_blocking`), a share is one pwrite into the open pack file: once it
+`PackWriter` keeps the open pack of every store that offers appends (a local disk:
+`Store.open_append_blocking`; S3 stores keep an object per share, each PUT before the close
+that needs it returns). There, a share is one pwrite into the open pack file: once it
 returns, the bytes survive a kill -9 of the daemon (they are in the kernel's page cache),
 which is what close() promises; power-loss durability comes, as for every share, from the
 store's sync at the next durable point, before the metadata is fsynced. A pack is sealed
@@ -41,7 +42,6 @@ from fusefs.meta.repo import MetaRepo, PackLoc
 from fusefs.stores.base import Appender
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

@@ -30,6 +30,8 @@ from fusefs.stores.base import FIXED_NAMES
 log = logging.getLogger(__name__)
 
 _BATCH = 64
+_WHOLE_PACK_MAX = 64 << 20  # bigger packs (--pack-size) are not read whole: members one by
+#                             one (memory stays bounded: a pack per store is held at a time)
 SNAPSHOTS = "<metadata snapshots>"  # how the report names damage to snapshot objects
 TEMPORARY_AGE = 60.0  # seconds: a temporary older than this is not a write of another
 #                       process in progress (the store's own puts are always recognised)
@@ -120,10 +122,11 @@ class Scrubber:
         listings = await self._list_objects() if self.orphans else []
         if self.repair:
             await self.healer.process_queue()
-        if self.lay.config.packs and self.lay.pack_cache is None:
+        cfg = self.lay.config
+        if cfg.packs and cfg.pack_size <= _WHOLE_PACK_MAX and self.lay.pack_cache is None:
             # One pack per store held at a time: packs are filled in inode order, which
             # is the order chunks are visited in.
-            self.lay.set_pack_cache(PackCache(len(self.lay.stores) * self.lay.config.pack_size))
+            self.lay.set_pack_cache(PackCache(len(self.lay.stores) * cfg.pack_size))
         try:
             await self._verify_chunks(start)
             await self._verify_version_chunks(start)

@@ -43,7 +43,7 @@ class StallingStore(LocalStore):
         super().__init__(root)
         self.get_blocking = None
         self.put_blocking = None
-        self.open_append_blocking = None  # a remote store: packs are PUT whole
+        self.open_append_blocking = None  # a remote store: no appends (an object per share)
         self.stalled = False
         self.puts_stall_until: trio.Event | None = None  # set: stalled puts go through
 

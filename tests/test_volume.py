@@ -127,11 +127,7 @@ class ManualClock:
 CLOCK = ManualClock()
 
 
-def build_env(tmp_path: Path, store_cls: type[LocalStore], fmt: int = FORMAT,
-              pack_below: int = 0):
-    """A volume over N_STORES stores of `store_cls`. Shares are objects of their own unless
-    `pack_below` is given (this module's catalogue damages objects; tests/test_packs.py
-    runs the packed variants)."""
+def build_env(tmp_path: Path, store_cls: type[LocalStore], fmt: int = FORMAT):
     store_dirs = [tmp_path / f"store{i}" for i in range(N_STORES)]
     for d in store_dirs:
         d.mkdir()
@@ -139,7 +135,7 @@ def build_env(tmp_path: Path, store_cls: type[LocalStore], fmt: int = FORMAT,
     volume_id = os.urandom(16)
     keys = VolumeKeys(os.urandom(32), volume_id)
     cfg = VolumeConfig(volume_id.hex(), K, M, MIN_CHUNK, [s.url for s in stores],
-                       keys.check_value, segment_size=SEG, format=fmt, pack_below=pack_below)
+                       keys.check_value, segment_size=SEG, format=fmt)
 
     meta = MetaRepo(tmp_path / "meta.db", create=True)
     now = time.time_ns()

@@ -25,9 +25,9 @@ SCHEMA_VERSION = 4  # 2: garbage rows keep the replaced chunk row (power-loss re
 _PACK_TABLES = """
 -- Pack objects (format 4): the shares of small chunks are appended to one object per store
 -- instead of each being an object of its own (`fusefs/packs.py`). A pack is written from
--- its start to its end (a local store appends to it while it is open, an S3 store PUTs it
--- whole) and never changed afterwards: it is deleted once no chunk version names any of its
--- bytes, or after compaction copied the members still named into a newer pack.
+-- its start to its end (a local store appends to it while it is open: S3 stores keep an
+-- object per share) and never changed afterwards: it is deleted once no chunk version names
+-- any of its bytes, or after compaction copied the members still named into a newer pack.
 CREATE TABLE packs (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,  -- what `packed.locs` names (never reused)
     pid    BLOB NOT NULL UNIQUE,  -- 16 random bytes: the object's name is derived from it

@@ -51,7 +51,8 @@ class Store(ABC):
     put_blocking: Callable[[str, bytes | memoryview], None] | None = None
     # Create a new object and write it piece by piece (a pack object, format 4), where that
     # is cheaper than a put per piece (a local disk: one open file, no create and rename per
-    # share). Stores without it receive packs whole, by `put`.
+    # share). Stores without it (S3: a pack would have to be PUT whole at every close to
+    # keep close()'s promise) keep an object per share.
     open_append_blocking: Callable[[str], Appender] | None = None
     # Small blocking reads and writes cost less than the hop to a worker thread and may then
     # run on the event loop: only on a local disk, where they cannot hang for long (not NFS
