@@ -368,6 +368,41 @@ def test_s3_stores_keep_an_object_per_share_beside_packing_local_stores(
     assert report["healthy"] and not any(s["missing"] for s in report["stores"]), report
 
 
+def test_a_new_host_recovers_a_packed_volume_and_packs_on(volume, mounter: Mounter,
+                                                          tmp_path: Path) -> None:
+    """The host dies while its packs are open: a volume directory recovered from the
+    published snapshot reads the packed files, seals the packs the dead host left open
+    (never appends to them) and writes new packs."""
+    import shutil
+
+    vol = packed_volume(volume)
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    files = small_files(50, "host")
+    write_files(mnt, files)
+    assert_ok(run_fusefs("snapshot", mnt))
+    kill_daemon(vol, mnt, mounter)
+    shutil.rmtree(vol.path)  # the host is gone
+    args: list[object] = ["recover", tmp_path / "new"]
+    for s in vol.stores:
+        args += ["--store", f"file://{s}"]
+    assert_ok(run_fusefs(*args, "--key-file", vol.key))
+    new = Volume(tmp_path / "new", vol.stores, vol.key, vol.k, vol.m)
+    opened = {p.id for p in pack_objects(new) if p.state == 0}
+    assert len(opened) == 5  # open when the snapshot was taken
+    mnt = mounter.mount(new, tmp_path / "mnt")
+    assert_files(mnt, files)
+    more = small_files(10, "after")
+    write_files(mnt, {f"new-{n}": d for n, d in more.items()})
+    mounter.umount(mnt)
+    packs = pack_objects(new)
+    assert {p.state for p in packs if p.id in opened} == {1}  # sealed, not appended to
+    assert len(packs) == 10
+    mnt = mounter.mount(new, tmp_path / "mnt")
+    assert_files(mnt, {**files, **{f"new-{n}": d for n, d in more.items()}})
+    res, report = scrub_json(mnt)
+    assert report["healthy"], res.describe()
+
+
 def test_compact_and_init_options_fail_in_one_line(volume, tmp_path: Path) -> None:
     plain = volume()
     msg = assert_fails(run_fusefs("compact", plain.path, "--key-file", plain.key))
