@@ -236,6 +236,8 @@ class FuseOps(pyfuse3.Operations):
 
     @translate
     async def getxattr(self, inode, name, ctx):
+        if not self.cache.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # none exist: never sent again
         return self.fs.getxattr(inode, name)
 
     @translate
@@ -244,6 +246,8 @@ class FuseOps(pyfuse3.Operations):
 
     @translate
     async def listxattr(self, inode, ctx):
+        if not self.cache.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return self.fs.listxattr(inode)
 
     @translate

@@ -147,7 +147,8 @@ async def _serve(vd: VolumeDir, cfg: VolumeConfig, keys: VolumeKeys, mp: Path,
     try:
         volume, fs, follower = await _open(vd, cfg, keys, meta, opts)
         cache = kernelcache.choose(read_only=opts.read_only, follower=follower is not None,
-                                   dataset=opts.dataset, read_by_inode=READ_BY_INODE)
+                                   dataset=opts.dataset, read_by_inode=READ_BY_INODE,
+                                   has_xattrs=meta.has_xattrs())
         pyfuse3.init(FuseOps(fs, cache), str(mp), mount_options(
             str(vd.path), read_only=opts.read_only, allow_other=opts.allow_other))
     except (FusefsError, RuntimeError) as e:

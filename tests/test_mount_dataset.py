@@ -8,6 +8,7 @@ The request counts come from the daemon's own metrics (`--metrics`), scraped ove
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -79,7 +80,7 @@ def test_dataset_mode_reads_right_with_few_requests(tmp_path: Path, volume, moun
     mounter.mount(vol, mnt, "--read-only", "--metrics", "127.0.0.1:0")
     url = metrics_url(vol)
     no_open = READ_BY_INODE and not stock
-    assert ("kernel cache: dataset, no-open" if no_open else "kernel cache: dataset (") \
+    assert ("kernel cache: dataset, no-open" if no_open else "kernel cache: dataset, no xattrs (") \
         in mount_log(vol)
 
     read_all(mnt, files)  # epoch 1: from the stores
@@ -207,3 +208,43 @@ def test_kernel_cache_policy() -> None:
     assert stock.open and not stock.flush and stock.attr_timeout == kernelcache.LONG_TIMEOUT
     follower = c(read_only=True, follower=True, dataset=True, read_by_inode=True)
     assert follower.open and not follower.flush
+
+
+def test_a_read_only_mount_of_a_volume_without_xattrs_stops_the_probes(
+        tmp_path: Path, volume, mounter: Mounter) -> None:
+    """`ls -l` asks for two attributes of every entry (security.selinux, system.nfs4_acl;
+    POSIX ACLs the kernel answers itself): with none in the volume, the first
+    GETXATTR is answered ENOSYS and the kernel answers the rest (EOPNOTSUPP); a volume with
+    one attribute keeps them, and so does a writable mount (ENODATA)."""
+    vol = volume(chunk_size=MiB)
+    mnt = tmp_path / "mnt"
+    files = make_tree(vol, mounter, mnt, n=8)
+    mounter.mount(vol, mnt, "--read-only", "--metrics", "127.0.0.1:0")
+    assert ", no xattrs" in mount_log(vol)
+    for rel in files:
+        for name in ("security.selinux", "system.nfs4_acl", "user.x"):
+            with pytest.raises(OSError) as err:
+                os.getxattr(mnt / rel, name)
+            assert err.value.errno == errno.EOPNOTSUPP, (rel, name)
+        with pytest.raises(OSError) as err:
+            os.listxattr(mnt / rel)
+        assert err.value.errno == errno.EOPNOTSUPP
+    s = scrape(metrics_url(vol))
+    assert total(s, "fusefs_fuse_requests_total", op="getxattr") <= 1
+    assert total(s, "fusefs_fuse_requests_total", op="listxattr") <= 1
+    mounter.umount(mnt)
+
+    mounter.mount(vol, mnt)  # writable: POSIX answers, and an attribute is set
+    with pytest.raises(OSError) as err:
+        os.getxattr(mnt / "big.bin", "user.x")
+    assert err.value.errno == errno.ENODATA
+    os.setxattr(mnt / "big.bin", "user.x", b"kept")
+    mounter.umount(mnt)
+    mounter.mount(vol, mnt, "--read-only")
+    assert ", no xattrs" not in mount_log(vol).rsplit("mounted volume", 1)[-1]
+    assert os.getxattr(mnt / "big.bin", "user.x") == b"kept"
+    with pytest.raises(OSError) as err:
+        os.getxattr(mnt / "d0/img000.jpg", "user.x")
+    assert err.value.errno == errno.ENODATA
+    assert read_all(mnt, files) is None
+    mounter.umount(mnt)

@@ -41,6 +41,18 @@ def store_args(stores: list[Path]) -> list[str]:
     return [a for s in stores for a in ("--store", str(s))]
 
 
+def fresh_volume(tmp_path: Path, *extra: object) -> tuple[list[Path], Volume]:
+    """A new K/M volume over N store directories, with the test's chunk and segment size."""
+    stores = [tmp_path / "stores" / f"s{i}" for i in range(N)]
+    for s in stores:
+        s.mkdir(parents=True)
+    vol = Volume(tmp_path / "vol", stores, tmp_path / "key", K, M)
+    assert_ok(run_fusefs("init", vol.path, *store_args(stores), "--data-shares", K,
+                         "--parity-shares", M, "--chunk-size", CS, "--segment-size", SEG,
+                         "--key-file", vol.key, *extra))
+    return stores, vol
+
+
 def one_line(res: subprocess.CompletedProcess) -> str:
     assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr, res.stderr
@@ -329,13 +341,7 @@ def assert_extracted(out: Path, files: dict[str, bytes]) -> None:
 @pytest.mark.timeout(180)
 def test_a_fresh_volume_decodes_and_refuses_too_few_shares(mounter: Mounter,
                                                            tmp_path: Path) -> None:
-    stores = [tmp_path / "stores" / f"s{i}" for i in range(N)]
-    for s in stores:
-        s.mkdir(parents=True)
-    vol = Volume(tmp_path / "vol", stores, tmp_path / "key", K, M)
-    assert_ok(run_fusefs("init", vol.path, *store_args(stores), "--data-shares", K,
-                         "--parity-shares", M, "--chunk-size", CS, "--segment-size", SEG,
-                         "--key-file", vol.key))
+    stores, vol = fresh_volume(tmp_path)
     mnt = mounter.mount(vol, tmp_path / "mnt")
     files = make_tree(mnt)
     mounter.umount(mnt)
@@ -382,13 +388,7 @@ def test_a_named_version_decodes_after_the_live_tree_moved_on(mounter: Mounter,
                                                                tmp_path: Path) -> None:
     """Schema 3: a version's rows (version_* tables) name shares the live tree no longer
     has; the decoder extracts the version as it was taken."""
-    stores = [tmp_path / "stores" / f"s{i}" for i in range(N)]
-    for s in stores:
-        s.mkdir(parents=True)
-    vol = Volume(tmp_path / "vol", stores, tmp_path / "key", K, M)
-    assert_ok(run_fusefs("init", vol.path, *store_args(stores), "--data-shares", K,
-                         "--parity-shares", M, "--chunk-size", CS, "--segment-size", SEG,
-                         "--key-file", vol.key, "--gc-grace", 0))
+    stores, vol = fresh_volume(tmp_path, "--gc-grace", 0)
     mnt = mounter.mount(vol, tmp_path / "mnt")
     files = make_tree(mnt)
     assert_ok(run_fusefs("version", "create", mnt, "v1"))

@@ -528,7 +528,9 @@ class MetaRepo:
         return row[0] if row else None
 
     def has_xattrs(self) -> bool:
-        return self.db.execute("SELECT 1 FROM xattrs LIMIT 1").fetchone() is not None
+        """Whether any inode, live or in a named version, has an extended attribute."""
+        return self.db.execute("SELECT 1 FROM xattrs UNION ALL SELECT 1 FROM version_xattrs"
+                               " LIMIT 1").fetchone() is not None
 
     def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?,?,?)", (ino, name, value))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import direct, loader
 from .config import WARNINGS, BenchError, log, warn
-from .systems import Fusefs, FuseSystem, Gocryptfs, Passthrough, System
+from .systems import Fusefs, FuseSystem, Gocryptfs, Passthrough, System, set_up
 from .sysutil import Cache, syncfs
 
 TARGETS = {  # (column, decode, workers, epoch) -> minimum column/raw ratio (issue 14)
@@ -152,15 +152,7 @@ class Pipeline:
                 self.systems.append(Gocryptfs(self.work))
             else:
                 warn("gocryptfs is not installed: no gocryptfs column (apt-get install gocryptfs)")
-        for sy in list(self.systems):
-            try:
-                sy.setup()
-            except (BenchError, OSError) as exc:
-                if sy.name in ("raw", "fusefs"):
-                    raise
-                warn(f"{sy.name}: setup failed, skipped: {exc}")
-                sy.cleanup()
-                self.systems.remove(sy)
+        set_up(self.systems)
         for sy in self.systems:
             t0 = time.perf_counter()
             digests = loader.make_images(sy.root, a.files, a.classes)

@@ -15,8 +15,8 @@ import os
 import random
 import shutil
 
-from .config import DEGRADED_STORE, MB, RAND_BLOCK, WORKERS, BenchError, MiB, N, Sizes, log, warn
-from .systems import Fusefs, FusefsS3, FuseSystem, Gocryptfs, Passthrough, Securefs, System
+from .config import DEGRADED_STORE, MB, RAND_BLOCK, WORKERS, MiB, N, Sizes, log, warn
+from .systems import Fusefs, FusefsS3, FuseSystem, Gocryptfs, Passthrough, Securefs, System, set_up
 from .sysutil import Cache, syncfs
 from .workloads import (
     WORKLOADS,
@@ -174,15 +174,7 @@ class Bench:
                 self.systems.append(Gocryptfs(self.work))
             if shutil.which("securefs"):
                 self.systems.append(Securefs(self.work))
-        for sy in list(self.systems):
-            try:
-                sy.setup()
-            except (BenchError, OSError) as exc:
-                if sy.name in ("raw", "fusefs"):
-                    raise
-                warn(f"{sy.name}: setup failed, skipped: {exc}")
-                sy.cleanup()
-                self.systems.remove(sy)
+        set_up(self.systems)
         for r in range(a.repeat):
             log(f"round {r + 1}/{a.repeat}")
             self.repeat(r)

@@ -312,3 +312,17 @@ def _bucket_ok(client) -> bool:
         return True
     except Exception:  # noqa: BLE001 - not up yet
         return False
+
+
+def set_up(systems: list[System]) -> None:
+    """Set up every system; a peer that fails is dropped with a warning (raw and fusefs
+    are what the benchmark is for: their failure stops it)."""
+    for sy in list(systems):
+        try:
+            sy.setup()
+        except (BenchError, OSError) as exc:
+            if sy.name in ("raw", "fusefs"):
+                raise
+            warn(f"{sy.name}: setup failed, skipped: {exc}")
+            sy.cleanup()
+            systems.remove(sy)
