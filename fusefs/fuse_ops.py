@@ -226,9 +226,7 @@ class FuseOps(pyfuse3.Operations):
         st.f_blocks = total // st.f_frsize
         st.f_bfree = free // st.f_frsize
         st.f_bavail = st.f_bfree
-        stats = self.fs.meta.stats()
-        used = stats.files + stats.directories + stats.symlinks
-        st.f_files = used + 1_000_000
+        st.f_files = self.fs.meta.inode_count() + 1_000_000
         st.f_ffree = 1_000_000
         st.f_favail = st.f_ffree
         st.f_namemax = 255

@@ -110,10 +110,10 @@ def test_the_worked_example_of_the_format_document(tmp_path) -> None:
 
 
 EXAMPLE = {
-    "content hello.txt": "ac7ec81ccb9b305ab483efe867aea8fee1528d47695c657885d22004ce142272",
-    "file hello.txt": "b143fc28d97ad8d3e4dd5911983f6b6815568f169d683596a6d1234ecb7bf480",
-    "content zeros.bin": "df7905fb0a0a5fb532dc73a6084878decda3c467c38fc12bb4b05a4241a6c1a1",
-    "file zeros.bin": "0117b5c7fc0805006c97b8ca577866a539de256c6c050543679365f0d886be37",
-    "tree data": "d41ce031cba1540b3e859ebc269ce5ebabe7225479fd317d455b9cf38e625ff1",
-    "tree example": "21d1f9f215776dc3a7bbc8ddd62e6b9cf6680edb7cabcf5525fa6547ed21458a",
+    "content hello.txt": "a4f041f6831a71b8274aa7771afd74b1ddf18c0d2c002b2e7cd6fcc926823ef6",
+    "file hello.txt": "f1ac429168ff0faac286937fc5e06590602d093d6e2c61372ee977596150f876",
+    "content zeros.bin": "44bf437e6076fbc834a28481312f93859751740969ee7f86d1f981355095c22c",
+    "file zeros.bin": "5a8fcc12859921ed1b7bd73fdb32c05797493cd4e91e9c6efc73f1715e4d2fcd",
+    "tree data": "ac25417864d127f9307d5bc744cb986976828a2b062188dc6f5633512353886d",
+    "tree example": "d05190df0b4e8842b14483298dc2adedc953f5beb34a50452fda8f79040ea04f",
 }

@@ -67,6 +67,29 @@ def test_schema_creates(db_path: Path) -> None:
         r.close()
 
 
+def test_readdir_pages_through_an_index_also_on_an_older_database(repo: MetaRepo,
+                                                                   db_path: Path) -> None:
+    """Each readdir page is an index range, not a sort of the whole directory (which made a
+    cold `find` quadratic in directory size); a database made before the index gets it."""
+    query = "EXPLAIN QUERY PLAN SELECT d.id FROM dentries d WHERE d.parent=? AND d.id>? " \
+            "ORDER BY d.id LIMIT 32"
+    with repo.transaction():
+        for i in range(100):
+            repo.add_dentry(ROOT_INODE, f"f{i}".encode(), new_file(repo))
+    repo.db.execute("DROP INDEX dentries_cookie")
+    plan = " ".join(str(r) for r in repo.db.execute(query, (ROOT_INODE, 0)))
+    assert "TEMP B-TREE" in plan
+    repo.close()
+    r = MetaRepo(db_path)
+    try:
+        plan = " ".join(str(r) for r in r.db.execute(query, (ROOT_INODE, 0)))
+        assert "dentries_cookie" in plan and "TEMP B-TREE" not in plan, plan
+        names = [n for _, n, _ in r.readdir(ROOT_INODE, 0, 1000)]
+        assert names == [f"f{i}".encode() for i in range(100)]
+    finally:
+        r.close()
+
+
 def test_missing_database_without_create(db_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         MetaRepo(db_path)

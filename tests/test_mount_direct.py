@@ -29,6 +29,7 @@ from helpers import (
     Mounter,
     Volume,
     create_volume,
+    mixed_volume,
     rand_bytes,
     read_events,
     share_map,
@@ -402,8 +403,6 @@ def test_a_volume_with_s3_stores_is_read_through_the_async_driver(tmp_path: Path
     """2 local stores and 3 buckets on a real S3 HTTP server: the direct API runs the read
     plans on the async driver (hedged fetches), whole chunks and small ranged reads, and
     reports a share lost from a local store."""
-    from helpers import mixed_volume
-
     vol, _, _ = mixed_volume(tmp_path, s3_server, 3, 2, 2)
     mnt = mounter.mount(vol, tmp_path / "mnt")
     files = {f"/f{i}.bin": rand_bytes(size, i)

