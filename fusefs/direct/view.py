@@ -74,7 +74,8 @@ class VolumeView:
         self.config = cfg
         stores = [open_store(url) for url in cfg.stores]
         self.meta = MetaRepo(vd.meta, read_only=True)
-        self._meta_ino = _inode_number(vd.meta)
+        self._meta_path = os.fspath(vd.meta)  # stat-ed at every pin: no pathlib on the way
+        self._meta_ino = _inode_number(self._meta_path)
         self.events = EventLog(vd.events, first=self._first_event)
         self.events.resolve_path = self._path_of
         self.layout = Layout(cfg, keys, stores)
@@ -99,10 +100,10 @@ class VolumeView:
     def _fresh(self) -> None:
         """A follower's mount puts a newer metadata database in place of the old one: read
         the new one (an open file keeps its rows, whose shares outlive the switch)."""
-        if _inode_number(self.vd.meta) != self._meta_ino:
+        if _inode_number(self._meta_path) != self._meta_ino:
             self.meta.close()
             self.meta = MetaRepo(self.vd.meta, read_only=True)
-            self._meta_ino = _inode_number(self.vd.meta)
+            self._meta_ino = _inode_number(self._meta_path)
 
     def lookup(self, path: str, *, follow: bool = True) -> InodeRow:
         """The inode a path names (inside `reading`); symlinks whose targets stay inside the
@@ -241,7 +242,7 @@ class VolumeView:
         return f"{found}; handed to the mount, which heals it"
 
 
-def _inode_number(path: Path) -> int:
+def _inode_number(path: str | Path) -> int:
     try:
         return os.stat(path).st_ino
     except OSError:

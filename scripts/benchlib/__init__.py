@@ -1,4 +1,5 @@
-"""The fusefs benchmark's code; scripts/bench is its command line and describes what it runs.
+"""The fusefs benchmarks' code; scripts/bench and scripts/bench_pipeline are their command
+lines and describe what they run.
 
     config     fixed parameters (K/M, I/O sizes, timeouts), Sizes, BenchError, log and warn
     sysutil    mounts (through fusefs.mounts), syncfs, the page cache, processes
@@ -7,6 +8,9 @@
     runner     Bench: the rounds of workloads on every system, the samples
     report     medians, targets, the table, the JSON file
     main       checks, the temp dir, cleanup on any exit, the exit status
+    loader     the pipeline benchmark's images, dataset and epochs (a DataLoader or a pool)
+    pipeline   Pipeline: its columns, cold and warm epochs, CPU and FUSE requests, report
+    direct     its "direct" column: fusefs's direct read API opened in each worker
 
 This package is not part of fusefs (nothing in fusefs imports it). It imports fusefs.mounts,
 the project's mount-table reader: from the interpreter's fusefs when it has one (the venv, or

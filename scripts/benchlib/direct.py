@@ -1,10 +1,11 @@
 """The pipeline benchmark's "direct" column: fusefs's direct read API, when it exists.
 
-The API (issue 14: a volume opened read-only from its volume directory inside each loader
-worker, files read by path with the mount's read algorithm) is being built separately. This
-module is the one place that knows its shape: `find()` returns None (the column is skipped,
-saying why) while `fusefs` has no such API, and otherwise a factory the benchmark calls once
-in each worker process, after the fork, that opens the volume and returns `read(path)`.
+The API (`fusefs.direct`, issue 14: a volume opened read-only from its volume directory
+inside each loader worker, files read by path with the mount's read algorithm). This module
+is the one place that knows its shape: `find()` returns None when the API is there (else
+why the column is skipped: a fusefs without it), and `opener()` a factory the benchmark
+calls once in each worker process, after the fork, that opens the volume and returns
+`read(path)`.
 
 Expected shape, checked in this order (adapt here, nowhere else, if the API differs):
   fusefs.direct.open_volume(volume_dir, key_file=...) -> object with read_bytes(path)
