@@ -64,10 +64,22 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
     try:
         meta = MetaRepo(vd.meta)
         try:
+            # state_dir: the writer's metadata snapshot objects are referenced (not orphans)
+            # and verified; a follower's directory only reads and reports (the writer owns
+            # the stores: it repairs, and it alone knows which objects are its own).
+            writer = cfg.role == "writer"
             volume = Volume(cfg, keys, [open_store(u) for u in cfg.stores], meta,
-                            EventLog(vd.events))
+                            EventLog(vd.events), writable=writer, state_dir=vd.path)
+            repair = repair and writer
 
             async def run() -> dict:
+                pub = volume.publisher
+                if pub is not None and not await pub.check_fence(now=True):
+                    # another host writes the volume now: its objects would look like
+                    # orphans to this directory's metadata
+                    raise FusefsError(f"{vd.path} is no longer the writer of its volume "
+                                      f"({pub.fenced}): scrub from the writer's volume "
+                                      "directory")
                 if repair:
                     await volume.recover_lost_writes()  # before garbage is collected
                 report = await volume.scrubber(repair=repair, rate=rate,
@@ -77,7 +89,11 @@ def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: floa
                     await volume.make_durable(wait_for_garbage=True)
                 return report.as_dict()
 
-            return trio.run(run)
+            try:
+                return trio.run(run)
+            finally:
+                if volume.publisher is not None:
+                    volume.publisher.close()
         finally:
             meta.close()
     finally:

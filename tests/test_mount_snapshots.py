@@ -251,3 +251,44 @@ def test_a_second_writer_fences_the_first(volume, mounter: Mounter, tmp_path: Pa
     new = mounter.mount(new_vol, tmp_path / "new-mnt")
     assert (new / "replaced").read_bytes() == b"v2"
     mounter.umount(new)
+
+
+def test_an_offline_scrub_keeps_the_snapshots_and_respects_roles(volume, mounter: Mounter,
+                                                                tmp_path: Path) -> None:
+    """`fusefs scrub VOLUME` of an unmounted volume: the metadata snapshot objects are the
+    writer's (verified, never orphans: a scrub that removed them left `recover` nothing);
+    a follower's directory changes nothing in the stores; a fenced writer's is refused."""
+    vol = volume()
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    expected = write_tree(mnt, tree_layout([1, 4097, MiB + 3]), seed="offline")
+    mounter.umount(mnt)  # publishes the final snapshot
+
+    def listing() -> list[list[Path]]:
+        return [vol.objects(i) for i in range(len(vol.stores))]
+
+    before = listing()
+    _, report = scrub_json(vol.path, "--key-file", vol.key)
+    assert report["healthy"] and report["snapshot_objects"] > 0, report
+    assert all(s["orphans"] == 0 for s in report["stores"]), report
+    assert listing() == before
+
+    assert_ok(recover(vol, tmp_path / "follower", "--follower"))
+    shutil.rmtree(vol.stores[1] / "objects")  # damage only the writer may repair
+    damaged = listing()
+    _, report = scrub_json(tmp_path / "follower", "--key-file", vol.key)
+    assert listing() == damaged and not report["healthy"], report
+
+    assert_ok(recover(vol, tmp_path / "new"))  # a new writer: the old one is fenced
+    recovered = listing()
+    res = run_fusefs("scrub", vol.path, "--key-file", vol.key)
+    assert res.returncode == 1 and "no longer the writer" in res.stderr, res.describe()
+    assert listing() == recovered
+    new = as_host(vol, tmp_path / "new")
+    _, report = scrub_json(new.path, "--key-file", vol.key)
+    assert report["healthy"] and all(s["orphans"] == 0 for s in report["stores"]), report
+
+    shutil.rmtree(new.path)  # that host is gone too: the stores still hold everything
+    assert_ok(recover(vol, tmp_path / "third"))
+    mnt = mounter.mount(as_host(vol, tmp_path / "third"), tmp_path / "mnt")
+    assert_tree(mnt, expected, exact=False)
+    mounter.umount(mnt)
