@@ -28,9 +28,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -297,3 +297,18 @@ def request(volume_dir: Path, message: dict, timeout: float | None = None
         except OSError as e:
             raise FusefsError(f"lost the connection to the mount daemon of {volume_dir}: "
                               f"{e.strerror}") from None
+
+
+def ask(volume_dir: Path, message: dict,
+        progress: Callable[[int, int, int], None] | None = None) -> Any:
+    """Client side: one request, its result (progress messages to `progress`); the
+    daemon's error message raised as a FusefsError."""
+    for msg in request(volume_dir, message):
+        if "progress" in msg:
+            if progress is not None:
+                progress(*msg["progress"])
+        elif "error" in msg:
+            raise FusefsError(msg["error"])
+        elif "result" in msg:
+            return msg["result"]
+    raise FusefsError("the mount daemon closed the connection before answering")

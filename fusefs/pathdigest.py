@@ -58,18 +58,11 @@ def _stat(path: str) -> os.stat_result:
 
 def _ask_daemon(volume: Path, inside: str, verify: bool,
                 progress: Callable[[int, int, int], None] | None) -> dict:
-    from fusefs.control import request
+    from fusefs.control import ask
 
     if not os.access(volume / "fusefs.sock", os.R_OK | os.W_OK):
         raise _Unreachable(f"the daemon of {volume} cannot be reached from here")
-    for msg in request(volume, {"op": "fingerprint", "path": inside, "verify": verify}):
-        if "progress" in msg and progress is not None:
-            progress(*msg["progress"])
-        elif "error" in msg:
-            raise FusefsError(msg["error"])
-        elif "result" in msg:
-            return msg["result"]
-    raise FusefsError("the mount daemon closed the connection before answering")
+    return ask(volume, {"op": "fingerprint", "path": inside, "verify": verify}, progress)
 
 
 def of_plain_path(path: str) -> dict:

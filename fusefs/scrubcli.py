@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import trio
 
-from fusefs.errors import ConfigError, FusefsError
+from fusefs.errors import ConfigError
 from fusefs.progress import Progress
 from fusefs.volumedir import VolumeDir, resolve_target
 
@@ -38,66 +37,36 @@ def scrub(args: argparse.Namespace) -> int:
 
 
 def _scrub_mounted(vd: VolumeDir, repair: bool, rate: float | None, bar) -> dict:
-    from fusefs.control import request
+    from fusefs.control import ask
 
-    for msg in request(vd.path, {"op": "scrub", "repair": repair, "rate": rate}):
-        if "progress" in msg:
-            bar.update(*msg["progress"])
-        elif "error" in msg:
-            raise FusefsError(msg["error"])
-        elif "result" in msg:
-            return msg["result"]
-    raise FusefsError("the mount daemon closed the connection before the scrub finished")
+    return ask(vd.path, {"op": "scrub", "repair": repair, "rate": rate}, bar.update)
 
 
 def _scrub_offline(vd: VolumeDir, key_file: str | None, repair: bool, rate: float | None,
                    bar) -> dict:
-    from fusefs.events import EventLog
-    from fusefs.meta.repo import MetaRepo
-    from fusefs.stores import open_store
-    from fusefs.volume import Volume
+    from fusefs.offline import check_still_writer, offline_volume
 
     cfg, keys = vd.unlock(key_file)
     vd.log_here(to_stderr=False)
     vd.make_private()  # a directory left open by an older fusefs
-    lock_fd = vd.lock()  # no mount may start while we repair
-    try:
-        meta = MetaRepo(vd.meta)
-        try:
-            # state_dir: the writer's metadata snapshot objects are referenced (not orphans)
-            # and verified; a follower's directory only reads and reports (the writer owns
-            # the stores: it repairs, and it alone knows which objects are its own).
-            writer = cfg.role == "writer"
-            volume = Volume(cfg, keys, [open_store(u) for u in cfg.stores], meta,
-                            EventLog(vd.events), writable=writer, state_dir=vd.path)
-            repair = repair and writer
+    # A follower's directory only reads and reports: the writer owns the stores (it repairs,
+    # and it alone knows which objects are its own).
+    writer = cfg.role == "writer"
+    repair = repair and writer
+    with offline_volume(vd, cfg, keys, writable=writer) as volume:
 
-            async def run() -> dict:
-                pub = volume.publisher
-                if pub is not None and not await pub.check_fence(now=True):
-                    # another host writes the volume now: its objects would look like
-                    # orphans to this directory's metadata
-                    raise FusefsError(f"{vd.path} is no longer the writer of its volume "
-                                      f"({pub.fenced}): scrub from the writer's volume "
-                                      "directory")
-                if repair:
-                    await volume.recover_lost_writes()  # before garbage is collected
-                report = await volume.scrubber(repair=repair, rate=rate,
-                                               progress=bar.update).run()
-                volume.close_packs()
-                if repair:
-                    await volume.make_durable(wait_for_garbage=True)
-                return report.as_dict()
+        async def run() -> dict:
+            await check_still_writer(volume, vd)
+            if repair:
+                await volume.recover_lost_writes()  # before garbage is collected
+            report = await volume.scrubber(repair=repair, rate=rate,
+                                           progress=bar.update).run()
+            volume.close_packs()
+            if repair:
+                await volume.make_durable(wait_for_garbage=True)
+            return report.as_dict()
 
-            try:
-                return trio.run(run)
-            finally:
-                if volume.publisher is not None:
-                    volume.publisher.close()
-        finally:
-            meta.close()
-    finally:
-        os.close(lock_fd)
+        return trio.run(run)
 
 
 def _print_report(r: dict) -> None:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from fusefs.errors import ConfigError, FusefsError
+from fusefs.errors import ConfigError
 from fusefs.mounts import find_by_mountpoint
 from fusefs.pathdigest import fingerprint as path_fingerprint
 from fusefs.progress import Progress
@@ -51,14 +51,9 @@ def _mount_of(mountpoint: str) -> str:
 def _ask(mountpoint: str, message: dict) -> dict | list:
     from pathlib import Path
 
-    from fusefs.control import request
+    from fusefs.control import ask
 
-    for msg in request(Path(_mount_of(mountpoint)), message):
-        if "error" in msg:
-            raise FusefsError(msg["error"])
-        if "result" in msg:
-            return msg["result"]
-    raise FusefsError("the mount daemon closed the connection before answering")
+    return ask(Path(_mount_of(mountpoint)), message)
 
 
 def _inside(mountpoint: str, path: str | None) -> str:

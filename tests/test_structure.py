@@ -23,7 +23,7 @@ LOWER = ("fusefs.codec", "fusefs.stores", "fusefs.meta", "fusefs.layout", "fusef
          "fusefs.scrub")
 UPPER = ("fusefs.volume", "fusefs.filedata", "fusefs.vfs", "fusefs.fuse_ops", "fusefs.mount",
          "fusefs.cli", "fusefs.control", "fusefs.admin", "fusefs.status", "fusefs.scrubcli",
-         "fusefs.compactcmd", "fusefs.lifecycle", "fusefs.direct")
+         "fusefs.compactcmd", "fusefs.offline", "fusefs.lifecycle", "fusefs.direct")
 # Imported by every layer, so it imports nothing from the package but these.
 EVERYONES = {"fusefs.metrics": {"fusefs.errors"}}
 
