@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -209,11 +210,15 @@ def test_packs_damaged_on_more_than_m_stores_give_eio_never_wrong_bytes(
     assert {e["file"] for e in unrecoverable} == {f"/{n}" for n in files}
 
 
-def kill_daemon(vol: Volume, mnt: Path, mounter: Mounter) -> None:
+def kill_daemon(vol: Volume, mnt: Path, mounter: Mounter,
+                before_unmount: Callable[[], None] = lambda: None) -> None:
+    """SIGKILL the daemon; `before_unmount` runs while the dead mount still covers `mnt`
+    (after the unmount, a writer would write into the directory underneath)."""
     pid = read_pid_file(vol.path)
     assert pid is not None and pid_alive(pid)
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(pid), 10), "daemon survived SIGKILL"
+    before_unmount()
     if is_mounted(mnt):
         res = fusermount_lazy(mnt)
         assert res.returncode == 0 or not is_mounted(mnt), res.stderr
@@ -240,9 +245,12 @@ def test_kill9_during_a_packed_ingest_keeps_every_closed_file(volume, mounter: M
     writer = threading.Thread(target=ingest, daemon=True)
     writer.start()
     assert wait_until(lambda: len(closed) >= 400 or not writer.is_alive(), 60)
-    kill_daemon(vol, mnt, mounter)
-    stop.set()
-    writer.join(30)
+    def stop_writing() -> None:
+        stop.set()
+        writer.join(30)
+        assert not writer.is_alive()
+
+    kill_daemon(vol, mnt, mounter, stop_writing)
     acknowledged = dict(closed)
     assert len(acknowledged) >= 400
 
