@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,6 +301,25 @@ def fusermount_lazy(mnt: Path | str) -> subprocess.CompletedProcess:
         ["fusermount3", "-uz", str(mnt)],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False,
     )
+
+
+def kill_daemon(vol_path: Path, mnt: Path, mounter: Mounter,
+                before_unmount: Callable[[], None] = lambda: None) -> None:
+    """SIGKILL the daemon of the volume mounted on `mnt`, clear the dead mount and tell the
+    mounter. `before_unmount` runs while the dead mount still covers `mnt`: a writer thread
+    stopped there fails on it; after the unmount it would write into the directory
+    underneath (and a test would count that as acknowledged)."""
+    pid = read_pid_file(vol_path)
+    assert pid is not None, f"no pid in {vol_path / 'fusefs.pid'} while mounted"
+    assert pid_alive(pid), f"the pid in fusefs.pid ({pid}) is not running"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(pid), 10), "daemon survived SIGKILL"
+    before_unmount()
+    if is_mounted(mnt):  # (unless an auto_unmount helper already took it down)
+        res = fusermount_lazy(mnt)
+        assert res.returncode == 0 or not is_mounted(mnt), res.stderr
+    assert not is_mounted(mnt)
+    mounter.forget(mnt)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import threading
 from pathlib import Path
 
@@ -19,11 +18,8 @@ import pytest
 from helpers import (
     MiB,
     assert_ok,
-    fusermount_lazy,
-    is_mounted,
-    pid_alive,
+    kill_daemon,
     rand_bytes,
-    read_pid_file,
     read_uncached,
     run_fusefs,
     scrub_json,
@@ -49,19 +45,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def kill_daemon(vol_path: Path, mnt: Path, mounter) -> None:
-    pid = read_pid_file(vol_path)
-    assert pid is not None, f"no pid in {vol_path / 'fusefs.pid'} while mounted"
-    assert pid_alive(pid), f"the pid in fusefs.pid ({pid}) is not running"
-    os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: not pid_alive(pid), 10), "daemon survived SIGKILL"
-    if is_mounted(mnt):  # (unless an auto_unmount helper already took it down)
-        res = fusermount_lazy(mnt)
-        assert res.returncode == 0 or not is_mounted(mnt), res.stderr
-    assert not is_mounted(mnt)
-    mounter.forget(mnt)
 
 
 def test_kill9_after_fsync_loses_nothing(tmp_path: Path, volume, mounter):
@@ -188,9 +171,7 @@ def test_kill9_during_share_writes_leaves_no_temporary_behind(tmp_path: Path, vo
         writer.start()
         wait_until(lambda w=writer: temporaries(vol) or not w.is_alive(), 30,
                    interval=0.0005)
-        kill_daemon(vol.path, mnt, mounter)
-        stop.set()
-        writer.join(30)
+        kill_daemon(vol.path, mnt, mounter, lambda w=writer, s=stop: (s.set(), w.join(30)))
         if temporaries(vol):
             break
     left = temporaries(vol)

@@ -14,11 +14,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,15 +26,12 @@ from helpers import (
     Volume,
     assert_fails,
     assert_ok,
-    fusermount_lazy,
-    is_mounted,
+    kill_daemon,
     mixed_volume,
     pack_objects,
     packed_members,
-    pid_alive,
     rand_bytes,
     read_events,
-    read_pid_file,
     read_uncached,
     run_fusefs,
     scrub_json,
@@ -210,21 +205,6 @@ def test_packs_damaged_on_more_than_m_stores_give_eio_never_wrong_bytes(
     assert {e["file"] for e in unrecoverable} == {f"/{n}" for n in files}
 
 
-def kill_daemon(vol: Volume, mnt: Path, mounter: Mounter,
-                before_unmount: Callable[[], None] = lambda: None) -> None:
-    """SIGKILL the daemon; `before_unmount` runs while the dead mount still covers `mnt`
-    (after the unmount, a writer would write into the directory underneath)."""
-    pid = read_pid_file(vol.path)
-    assert pid is not None and pid_alive(pid)
-    os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: not pid_alive(pid), 10), "daemon survived SIGKILL"
-    before_unmount()
-    if is_mounted(mnt):
-        res = fusermount_lazy(mnt)
-        assert res.returncode == 0 or not is_mounted(mnt), res.stderr
-    mounter.forget(mnt)
-
-
 def test_kill9_during_a_packed_ingest_keeps_every_closed_file(volume, mounter: Mounter,
                                                               tmp_path: Path) -> None:
     vol = packed_volume(volume, pack_size="64K")  # packs rotate during the ingest too
@@ -250,7 +230,7 @@ def test_kill9_during_a_packed_ingest_keeps_every_closed_file(volume, mounter: M
         writer.join(30)
         assert not writer.is_alive()
 
-    kill_daemon(vol, mnt, mounter, stop_writing)
+    kill_daemon(vol.path, mnt, mounter, stop_writing)
     acknowledged = dict(closed)
     assert len(acknowledged) >= 400
 
@@ -292,7 +272,7 @@ def test_compaction_interrupted_by_kill9_loses_nothing(volume, mounter: Mounter,
         wait_until(lambda c=compact: mid_compaction() or c.poll() is not None, 30,
                    interval=0.0005)
         interrupted = interrupted or compact.poll() is None
-        kill_daemon(vol, mnt, mounter)
+        kill_daemon(vol.path, mnt, mounter)
         compact.communicate(timeout=30)
         if interrupted:
             break
@@ -388,7 +368,7 @@ def test_a_new_host_recovers_a_packed_volume_and_packs_on(volume, mounter: Mount
     files = small_files(50, "host")
     write_files(mnt, files)
     assert_ok(run_fusefs("snapshot", mnt))
-    kill_daemon(vol, mnt, mounter)
+    kill_daemon(vol.path, mnt, mounter)
     shutil.rmtree(vol.path)  # the host is gone
     args: list[object] = ["recover", tmp_path / "new"]
     for s in vol.stores:
