@@ -871,7 +871,7 @@ def test_local_remove_stale_temporaries_spares_puts_in_progress(
     """A put's own temporary is never removed, however old it looks (a write can stall for
     minutes on a hung disk): removal runs in the middle of a put that then succeeds."""
     removed = []
-    real_write_all = local_mod._write_all
+    real_write_all = local_mod.write_all
 
     def write_all_then_clean(fd: int, view: memoryview) -> None:
         real_write_all(fd, view)
@@ -880,7 +880,7 @@ def test_local_remove_stale_temporaries_spares_puts_in_progress(
         age(tmp[0], 3600)
         removed.append(local._remove_stale_sync(0))
 
-    monkeypatch.setattr(local_mod, "_write_all", write_all_then_clean)
+    monkeypatch.setattr(local_mod, "write_all", write_all_then_clean)
     run(local.put, name_of(1), b"in progress")
     assert removed == [0]
     assert local.get_blocking(name_of(1)) == b"in progress"

@@ -40,13 +40,10 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import mmap
 import os
-import platform
 import re
 import secrets
 import stat
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -55,10 +52,11 @@ from typing import TypeVar
 
 import trio
 
-from fusefs.codec.buffers import address
 from fusefs.errors import NoSuchObject, StoreError, StoreFull
 from fusefs.mounts import may_hang
 from fusefs.stores.base import FIXED_NAMES, Store
+from fusefs.stores.fileio import DIRECT_MIN, fill, read_whole, write_all, write_direct
+from fusefs.stores.nofollow import OPENAT2, how, open_walk, openat2, raw_openat2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _IO_THREADS = 8  # concurrent blocking calls per store
@@ -76,149 +74,9 @@ _NOT_FOLLOWED = (errno.ELOOP, errno.ENOTDIR)  # a symlink (or a file) where a di
 # object is not there.
 _NOT_A_FILE = (errno.EISDIR, errno.ESPIPE, errno.ENXIO)
 
-# openat2(2) (Linux 5.6): the whole path walk in one syscall, refusing every symlink. The
-# path is absolute (the root's resolved path, see LocalStore._resolve): RESOLVE_BENEATH
-# would need an fd of the root, which keeps pointing at a store directory that was removed,
-# replaced or mounted over. Without symlinks and with hex names (no ".."), the walk cannot
-# leave the root anyway.
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
-_AT_FDCWD = -100
-RESOLVE_NO_SYMLINKS = 0x04  # any symlink on the path (its last component too): ELOOP
-
-
-class _OpenHow(ctypes.Structure):
-    """struct open_how of openat2(2)."""
-
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_syscall = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
-                            ctypes.c_void_p, ctypes.c_size_t, use_errno=True)(("syscall", _libc))
-_HOW_SIZE = ctypes.sizeof(_OpenHow)
-_hows: dict[tuple[int, int], _OpenHow] = {}  # kept alive: the syscall gets their addresses
-
-
-def _how(flags: int, mode: int) -> int:
-    """The address of an open_how for these flags, refusing symlinks anywhere."""
-    how = _hows.get((flags, mode))
-    if how is None:
-        how = _hows.setdefault((flags, mode), _OpenHow(flags | os.O_CLOEXEC, mode,
-                                                       RESOLVE_NO_SYMLINKS))
-    return ctypes.addressof(how)
-
-
-def _openat2(path: str, flags: int, mode: int = 0) -> int:
-    fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, path.encode("utf-8", "surrogateescape"),
-                  _how(flags, mode), _HOW_SIZE)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return fd
-
-
-def _probe_openat2() -> bool:
-    """Whether openat2 works here (old kernels: ENOSYS; some seccomp filters: EPERM)."""
-    if _SYS_OPENAT2 is None:
-        return False
-    try:
-        os.close(_openat2("/", os.O_PATH | os.O_DIRECTORY))
-    except OSError:
-        return False
-    return True
-
-
-OPENAT2 = _probe_openat2()  # tests turn it off to run the per-component fallback
-
-
-def _open_walk(base: str, rel: str, flags: int, mode: int = 0) -> int:
-    """The fallback for kernels without openat2: the root as it is, then every component
-    below it relative to the previous directory fd, none followed if it is a symlink."""
-    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    if not rel:
-        try:
-            return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=fd)
-        finally:
-            os.close(fd)
-    *dirs, last = rel.split("/")
-    try:
-        for part in dirs:
-            # O_NOFOLLOW | O_DIRECTORY: a symlink fails with ENOTDIR, never opens its target
-            sub = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=fd)
-            os.close(fd)
-            fd = sub
-        return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
 def is_object_name(name: str) -> bool:
     """Whether `name` can be a share object's name (lowercase hex)."""
     return _OBJECT_NAME.fullmatch(name) is not None
-
-
-# Shares this big are written with O_DIRECT: the kernel's copy into the page cache was a
-# third of the daemon's CPU time on sequential writes (perf), and a store's page cache
-# only duplicates what the mount's own page cache holds in plaintext. Smaller objects (small
-# files, written inline on the event loop) stay buffered: a direct write waits for the disk.
-DIRECT_MIN = 256 * 1024
-_ALIGN = 4096  # O_DIRECT wants address, offset and length aligned to the device's blocks
-_SPARE_BUFFERS = 8  # aligned copy buffers kept for reuse
-
-
-class _AlignedBuffers:
-    """Page-aligned buffers (anonymous mmaps) to stage direct writes, reused across puts."""
-
-    def __init__(self) -> None:
-        self._free: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> mmap.mmap:
-        with self._lock:
-            for i, buf in enumerate(self._free):
-                if len(buf) >= size:
-                    return self._free.pop(i)
-        return mmap.mmap(-1, -(-size // (1 << 20)) << 20)  # whole MiBs: reusable
-
-    def give(self, buf: mmap.mmap) -> None:
-        with self._lock:
-            if len(self._free) < _SPARE_BUFFERS:
-                self._free.append(buf)
-                return
-        buf.close()
-
-
-_aligned = _AlignedBuffers()
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _write_direct(fd: int, view: memoryview) -> None:
-    """Write view through fd (opened O_DIRECT): the aligned bulk straight to the disk (from
-    the view itself when it starts on a page, as sealed shares do, else from an aligned
-    copy), the last partial block buffered."""
-    bulk = len(view) // _ALIGN * _ALIGN
-    at = address(view)
-    if at is not None and at % _ALIGN == 0:
-        _write_all(fd, view[:bulk])  # partial direct writes stay block-aligned
-    else:
-        staging = _aligned.take(bulk)
-        try:
-            stage = memoryview(staging)
-            try:
-                stage[:bulk] = view[:bulk]
-                _write_all(fd, stage[:bulk])
-            finally:
-                stage.release()
-        finally:
-            _aligned.give(staging)
-    if bulk < len(view):
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        _write_all(fd, view[bulk:])
 
 
 def object_relpath(name: str) -> str:
@@ -231,35 +89,9 @@ T = TypeVar("T")
 # (its read then fails, like any bad share; no effect on regular files), O_NOCTTY so that a
 # terminal planted there does not become the daemon's controlling terminal.
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
-_READ_HOW = _how(_READ_FLAGS, 0)
+_READ_HOW = how(_READ_FLAGS, 0)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY  # a directory to create, rename or unlink in
 _LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY  # a directory to read
-
-
-def _fill(fd: int, view: memoryview, offset: int = 0) -> int:
-    """Read the file from `offset` into view; the bytes read (fewer at its end)."""
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n == 0:
-            break
-        got += n
-    return got
-
-
-def _read_whole(fd: int) -> bytes:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.ENXIO,
-                      "not a regular file")
-    size = st.st_size
-    data = os.read(fd, size)
-    while len(data) < size:  # short reads are rare (signals, special filesystems)
-        more = os.read(fd, size - len(data))
-        if not more:
-            break
-        data += more
-    return data
 
 
 def _replace(parent: int, tmp: str, name: str) -> None:
@@ -391,8 +223,8 @@ class LocalStore(Store):
         for retry in (True, False):
             try:
                 if OPENAT2:
-                    return _openat2(f"{base}/{rel}", flags, mode)
-                return _open_walk(base, rel, flags, mode)
+                    return openat2(f"{base}/{rel}", flags, mode)
+                return open_walk(base, rel, flags, mode)
             except OSError as e:
                 # The admin's symlinks in the root path may have changed: resolve it again
                 # (only then, for a missing object: realpath costs a stat per component).
@@ -449,9 +281,8 @@ class LocalStore(Store):
     def _open(self, name: str) -> int:
         if OPENAT2 and self._objects_prefix and _OBJECT_NAME.fullmatch(name) is not None:
             # the hot path, one openat2 (_open_below inlined: it costs a microsecond more)
-            fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, f"{self._objects_prefix}"
-                          f"{name[:FANOUT_DIGITS]}/{name}".encode("utf-8", "surrogateescape"),
-                          _READ_HOW, _HOW_SIZE)
+            fd = raw_openat2(f"{self._objects_prefix}{name[:FANOUT_DIGITS]}/{name}"
+                             .encode("utf-8", "surrogateescape"), _READ_HOW)
             if fd >= 0:
                 return fd
         # the marker, a failure (reported below), no openat2: the general way
@@ -506,27 +337,27 @@ class LocalStore(Store):
             with contextlib.suppress(KeyError):
                 os.close(self._announced.popitem()[1])
 
-    def _read(self, name: str, how: Callable[[int], T]) -> T:
-        """`how` applied to an open fd of the object; an OSError becomes a StoreError."""
+    def _read(self, name: str, use: Callable[[int], T]) -> T:
+        """`use` applied to an open fd of the object; an OSError becomes a StoreError."""
         fd = self._announced.pop(name, None)
         if fd is None:
             fd = self._open(name)
         try:
-            return how(fd)
+            return use(fd)
         except OSError as e:
             raise self._read_error(name, e) from None
         finally:
             os.close(fd)
 
     def _read_into_sync(self, name: str, view: memoryview, offset: int = 0) -> int:
-        return self._read(name, lambda fd: _fill(fd, view, offset))
+        return self._read(name, lambda fd: fill(fd, view, offset))
 
     def _get_range_sync(self, name: str, offset: int, length: int) -> bytes:
         # short only at the end of the object
         return self._read(name, lambda fd: os.pread(fd, length, offset))
 
     def _get_sync(self, name: str) -> bytes:
-        return self._read(name, _read_whole)
+        return self._read(name, read_whole)
 
     def _dir_fd(self, name: str) -> int:
         """An O_PATH fd of the directory `name` is put in, created if missing (never the
@@ -581,7 +412,7 @@ class LocalStore(Store):
                 if direct and self.direct_io:  # still on: _create may have turned it off
                     self._write_direct_or_fall_back(fd, view)
                 else:
-                    _write_all(fd, view)
+                    write_all(fd, view)
             finally:
                 os.close(fd)
             _replace(parent, tmp, name)
@@ -596,7 +427,7 @@ class LocalStore(Store):
 
     def _write_direct_or_fall_back(self, fd: int, view: memoryview) -> None:
         try:
-            _write_direct(fd, view)
+            write_direct(fd, view)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
@@ -606,7 +437,7 @@ class LocalStore(Store):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-            _write_all(fd, view)
+            write_all(fd, view)
 
     def _create(self, parent: int, tmp: str, direct: bool) -> int:
         # O_EXCL never follows a symlink at tmp; O_NOFOLLOW says so again
