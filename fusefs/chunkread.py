@@ -147,15 +147,20 @@ class ChunkReader:
         loop (the direct API in a loader worker), where starting one per chunk would cost
         more than reading a small file. No timeout: nothing else waits on this thread."""
         st = ShareSet(self.lay, row)
-        run = BlockingRun(self.lay, self.health.down_now())
-        if st.size >= HINT_MIN_SHARE:
-            self._will_need(row, run.down)
+        run = self._blocking_run(st)
         try:
             result = run.drive(_whole(self.lay, file_id, st, False))
         finally:
-            for si, err in run.failures.items():
-                self.health.mark_down(si, err)
+            run.mark_failures(self.health)
         return self._outcome(ino, st, result, False, False)
+
+    def _blocking_run(self, st: ShareSet) -> BlockingRun:
+        """A blocking driver around the stores marked down, big shares announced first."""
+        run = BlockingRun(self.lay, self.health.down_now())
+        if st.size >= HINT_MIN_SHARE:
+            self._will_need(st.row, run.down)
+        return run
+
 
     def _outcome(self, ino: int, st: ShareSet, result: object, every_share: bool,
                  quiet: bool) -> ChunkRead:
@@ -173,17 +178,14 @@ class ChunkReader:
     async def _read_blocking(self, file_id: bytes, st: ShareSet, every_share: bool
                              ) -> object:
         """The whole-chunk plan in one blocking call; _HUNG when the disk did not answer."""
-        run = BlockingRun(self.lay, self.health.down_now())
-        if st.size >= HINT_MIN_SHARE:
-            self._will_need(st.row, run.down)
+        run = self._blocking_run(st)
         try:
             return await self.policy.read(st.row.length, run.drive,
                                           _whole(self.lay, file_id, st, every_share))
         except trio.TooSlowError:
             return _HUNG  # a hung disk: the hedged path asks around it
         finally:
-            for si, err in run.failures.items():
-                self.health.mark_down(si, err)
+            run.mark_failures(self.health)
 
     async def _read_async(self, file_id: bytes, st: ShareSet, every_share: bool) -> object:
         return await AsyncRun(self.lay, self.health).drive(

@@ -98,8 +98,7 @@ class ChunkWriter:
                     digests, content, put = await self.policy.write(len(plain), run.drive,
                                                                     plan)
                 finally:
-                    for si, e in run.failures.items():
-                        self.health.mark_down(si, e)
+                    run.mark_failures(self.health)
             else:
                 digests, content, put = await AsyncRun(
                     lay, self.health, background=self.nursery, late=self._late).drive(plan)

@@ -187,6 +187,11 @@ class BlockingRun:
         self.down = down
         self.failures: dict[int, StoreError] = {}
 
+    def mark_failures(self, health: StoreHealth) -> None:
+        """Mark the stores that failed during the run down (on the event loop's thread)."""
+        for si, e in self.failures.items():
+            health.mark_down(si, e)
+
     def drive(self, plan: Plan) -> Any:
         """Run `plan` to its end and return its result. A step's exception (a chunk that
         does not authenticate) is thrown into the plan, which may handle it."""
