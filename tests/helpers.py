@@ -632,16 +632,52 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class ShareLoc:
-    """One share object of the current version of one chunk, found through VOLUME/meta.db."""
+    """One share of the current version of one chunk, found through VOLUME/meta.db: an
+    object of its own, or (format 4) a member of a pack: bytes [offset, offset + length) of
+    the pack object FILE."""
 
     path: str  # the file's path in the volume, as events name it: "/dir/name"
     inode: int
     chunk: int  # chunk index in the file
     share: int  # share number: 0..K-1 data shares (what a healthy read fetches), then parity
     store: int  # index of the store holding it (placement byte)
-    name: str  # object name
+    name: str  # name of the object holding it (the share's own, or its pack's)
     file: Path  # STORE/objects/<name[0]>/<name>
     digest: bytes  # the share's recorded xxh3-128
+    offset: int = 0  # a member: where in the pack it starts
+    length: int | None = None  # a member: its length; None: the share is the whole FILE
+
+    @property
+    def packed(self) -> bool:
+        return self.length is not None
+
+    @property
+    def obj(self) -> str:
+        """How events name the share: its object, or "PACK@OFFSET+LENGTH"."""
+        return self.name if self.length is None else f"{self.name}@{self.offset}+{self.length}"
+
+    def read(self) -> bytes | None:
+        """The share's bytes as stored (a member of a truncated pack: what is left of it);
+        None when its object (or pack) does not exist."""
+        try:
+            with open(self.file, "rb") as f:
+                if self.length is None:
+                    return f.read()
+                f.seek(self.offset)
+                return f.read(self.length)
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        """Replace the share's object with DATA; a member: overwrite the first len(DATA)
+        bytes of its range in place (a pack's other members stay as they are)."""
+        if self.length is None:
+            self.file.write_bytes(data)
+            return
+        assert len(data) <= self.length, "writing past the end of a pack member"
+        with open(self.file, "r+b") as f:
+            f.seek(self.offset)
+            f.write(data)
 
 
 def _volume_id(vol: Volume) -> str:
@@ -656,18 +692,22 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
     The one helper that imports fusefs: object names are keyed (BLAKE2b with a key derived
     from the master key), so finding the objects of a file needs the key derivation. Reads
     meta.db read-only; safe while mounted, but a daemon's uncommitted changes are not seen.
+    Packed shares (format 4) are members of their pack objects.
     """
     import sqlite3
+    import struct
 
-    from fusefs.codec.keys import VolumeKeys, load_key_file
-
-    keys = VolumeKeys(load_key_file(vol.key), bytes.fromhex(_volume_id(vol)))
+    keys = _keys(vol)
     db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
     try:
         parents = {ino: (parent, os.fsdecode(name)) for parent, name, ino in
                    db.execute("SELECT parent, name, inode FROM dentries")}
         rows = db.execute("SELECT inode, idx, oid, placement, digests FROM chunks"
                           " ORDER BY inode, idx").fetchall()
+        has_packs = db.execute("SELECT 1 FROM sqlite_master WHERE name='packed'").fetchone()
+        packed = dict(db.execute("SELECT oid, locs FROM packed")) if has_packs else {}
+        packs = ({id_: keys.pack_name(pid) for id_, pid in db.execute("SELECT id, pid FROM packs")}
+                 if has_packs else {})
     finally:
         db.close()
 
@@ -682,12 +722,15 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
     for ino, idx, oid, placement, digests in rows:
         if ino not in parents:
             continue  # unlinked, not yet collected
+        locs = list(struct.iter_unpack(">QII", packed[oid])) if oid in packed else []
         shares = []
         for i, si in enumerate(placement):
-            name = keys.object_name(oid, i)
+            name, offset, length = keys.object_name(oid, i), 0, None
+            if locs and locs[i][0]:
+                name, offset, length = packs[locs[i][0]], locs[i][1], locs[i][2]
             shares.append(ShareLoc(path_of(ino), ino, idx, i, si, name,
                                    vol.stores[si] / object_relpath(name),
-                                   bytes(digests[16 * i : 16 * i + 16])))
+                                   bytes(digests[16 * i : 16 * i + 16]), offset, length))
         out.setdefault(shares[0].path, []).append(shares)
     return out
 
@@ -760,13 +803,15 @@ def snapshot_shares(vol: Volume) -> set[tuple[int, str]]:
 
 
 def forge_digest(vol: Volume, loc: ShareLoc, data: bytes) -> None:
-    """Write DATA as LOC's object AND record its xxh3-128 as the share's checksum in meta.db
-    (a forged checksum). Only while the volume is NOT mounted."""
+    """Write DATA as LOC's object (a member: over its range, same length) AND record its
+    xxh3-128 as the share's checksum in meta.db (a forged checksum). Only while the volume
+    is NOT mounted."""
     import sqlite3
 
     import xxhash
 
-    loc.file.write_bytes(data)
+    assert loc.length in (None, len(data)), "a forged member keeps its length"
+    loc.write(data)
     db = sqlite3.connect(vol.path / "meta.db")
     try:
         with db:
