@@ -153,8 +153,9 @@ class Pristine:
                 (mnt / rel).write_bytes(data)
             m.umount(mnt)
             # the v1 shares, by file -> chunk -> (store, share number)
+            self.v1 = share_map(self.vol)  # (over packs: members that will be dead)
             self.old: dict[str, list[dict[tuple[str, int], bytes | None]]] = {}
-            for path, chunks in share_map(self.vol).items():
+            for path, chunks in self.v1.items():
                 self.old[path] = [
                     {**{("store", s.store): s.read() for s in chunk},
                      **{("share", s.share): s.read() for s in chunk}}
@@ -356,17 +357,23 @@ def damage_three(pristine: Pristine) -> Damage:
     return dmg.seal()
 
 
-PACK_DAMAGE = {0: "truncate", 1: "delete", 2: "extend"}  # store -> done to its every pack
+PACK_DAMAGE = {0: "truncate", 1: "delete", 2: "extend", 3: "flip-dead"}  # store -> what is
+#                                                        done to every pack on it
 
 
 def damage_packs(pristine: Pristine) -> Damage:
-    """Whole-pack damage on 3 stores (every chunk keeps K good shares): the members it hits
-    are computed from the share map. Truncation in the middle of a member: that one is
-    short (checksum mismatch), every member after it missing; a deleted pack: every member
-    missing; an extended pack: none."""
+    """Whole-pack damage on 4 stores (every chunk keeps K good shares): the members it hits
+    are computed from the share map. A truncation at a member's start (the first pack of
+    the store) or in its middle (the others): that member is missing or short (checksum
+    mismatch), every member after it missing; a deleted pack: every member missing; an
+    extended pack, or bytes flipped in the dead members of a pack (v1 shares, replaced):
+    none."""
     vol = pristine.vol
     dmg = Damage(pristine, share_map(vol))
     shares = [s for chunks in dmg.smap.values() for c in chunks for s in c]
+    dead = [s for chunks in pristine.v1.values() for c in chunks for s in c
+            if s not in shares]
+    flipped = 0
     for pack in pack_objects(vol):
         how = PACK_DAMAGE.get(pack.store)
         members = sorted((s for s in shares if s.file == pack.file), key=lambda s: s.offset)
@@ -376,7 +383,8 @@ def damage_packs(pristine: Pristine) -> Damage:
         if how == "truncate":
             mid = members[len(members) // 2]
             assert mid.length is not None
-            cut = mid.offset + mid.length // 2
+            first = pack.id == min(p.id for p in pack_objects(vol) if p.store == pack.store)
+            cut = mid.offset + (0 if first else mid.length // 2)
             for s in members:
                 assert s.length is not None
                 if s.offset + s.length > cut:
@@ -386,11 +394,21 @@ def damage_packs(pristine: Pristine) -> Damage:
             for s in members:
                 dmg.record(case, how, MISSING, s)
             pack.file.unlink()
-        else:
+        elif how == "extend":
             with open(pack.file, "ab") as f:
                 f.write(dmg.rng.randbytes(17))
+        else:
+            live = {(s.offset, s.length) for s in members}
+            for s in dead:
+                if s.file == pack.file:
+                    assert (s.offset, s.length) not in live
+                    data = s.read()
+                    assert data is not None and s.length is not None
+                    s.write(data[: s.length // 2] + bytes([data[s.length // 2] ^ 0x10]))
+                    flipped += 1
+    assert flipped > 0, "no dead member to flip a byte in"
     assert {d.loc.store for d in dmg.done} == {
-        si for si, how in PACK_DAMAGE.items() if how != "extend"}, "a damage hit nothing?"
+        si for si, how in PACK_DAMAGE.items() if how in ("truncate", "delete")}
     per_chunk = collections.Counter((d.loc.path, d.loc.chunk) for d in dmg.done)
     assert max(per_chunk.values()) == 2
     return dmg.seal()
@@ -657,11 +675,11 @@ def test_three_stores_eio_and_events(pristine: Pristine, tmp_path: Path,
 
 def test_pack_level_damage(built: Callable[[str], Pristine], tmp_path: Path,
                            mounter: Mounter) -> None:
-    """Truncation, deletion and extension of whole packs (on 3 stores; a chunk loses at most
-    2 shares): an offline `scrub --no-repair` reports exactly the members computed from the
-    share map and nothing else; every file reads bit-identical; `scrub` heals the rest into
-    new members; then the volume is healthy, every other member stayed where it was and a
-    fresh mount reads it all."""
+    """Truncation, deletion and extension of whole packs and flipped bytes in dead members
+    (on 4 stores; a chunk loses at most 2 shares): an offline `scrub --no-repair` reports
+    exactly the members computed from the share map and nothing else; every file reads
+    bit-identical; `scrub` heals the rest into new members; then the volume is healthy,
+    every other member stayed where it was and a fresh mount reads it all."""
     pristine = built("packs")
     vol = pristine.restore()
     dmg = damage_packs(pristine)
