@@ -611,6 +611,9 @@ def test_two_stores_scrub_repairs(pristine: Pristine, tmp_path: Path, mounter: M
     check_status_counts(vol, dmg, "healed")
     res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)
     check_healthy(res, report)
+    mnt = mounter.mount(vol, tmp_path / "mnt")  # the chunk rows name the healed copies
+    assert_tree(mnt, pristine.expected)
+    mounter.umount(mnt)
 
 
 def test_three_stores_eio_and_events(pristine: Pristine, tmp_path: Path,
