@@ -365,9 +365,9 @@ def damage_packs(pristine: Pristine) -> Damage:
     """Whole-pack damage on 4 stores (every chunk keeps K good shares): the members it hits
     are computed from the share map. A truncation at a member's start (the first pack of
     the store) or in its middle (the others): that member is missing or short (checksum
-    mismatch), every member after it missing; a deleted pack: every member missing; an
-    extended pack, or bytes flipped in the dead members of a pack (v1 shares, replaced):
-    none."""
+    mismatch), every member after it missing; the two bytes astride a boundary of two
+    members: both; a deleted pack: every member missing; an extended pack, or bytes flipped
+    in the dead members of a pack (v1 shares, replaced): none."""
     vol = pristine.vol
     dmg = Damage(pristine, share_map(vol))
     shares = [s for chunks in dmg.smap.values() for c in chunks for s in c]
@@ -390,6 +390,17 @@ def damage_packs(pristine: Pristine) -> Damage:
                 if s.offset + s.length > cut:
                     dmg.record(case, how, MISSING if s.offset >= cut else CHECKSUM, s)
             os.truncate(pack.file, cut)
+            # and, before the cut, two bytes flipped astride two adjacent members' boundary
+            a, b = next((a, b) for a, b in zip(members, members[1:], strict=False)
+                        if a.offset + (a.length or 0) == b.offset)
+            assert b.offset + (b.length or 0) <= cut, "no adjacent members before the cut"
+            dmg.record("pack-boundary", "bitflip", CHECKSUM, a)
+            dmg.record("pack-boundary", "bitflip", CHECKSUM, b)
+            with open(pack.file, "r+b") as f:
+                f.seek(b.offset - 1)
+                edge = f.read(2)
+                f.seek(b.offset - 1)
+                f.write(bytes(x ^ 0x01 for x in edge))
         elif how == "delete":
             for s in members:
                 dmg.record(case, how, MISSING, s)
@@ -686,7 +697,7 @@ def test_pack_level_damage(built: Callable[[str], Pristine], tmp_path: Path,
     pristine = built("packs")
     vol = pristine.restore()
     dmg = damage_packs(pristine)
-    assert {d.how for d in dmg.done} == {"truncate", "delete"}
+    assert {d.how for d in dmg.done} == {"truncate", "delete", "bitflip"}
     assert {d.kind for d in dmg.done if d.how == "truncate"} == {MISSING, CHECKSUM}
 
     res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)  # offline
