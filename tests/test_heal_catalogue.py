@@ -549,10 +549,11 @@ def check_repairing_scrub(res: Result, report: dict) -> None:
 
 
 def check_healthy(res: Result, report: dict) -> None:
+    """`scrub --no-repair` found nothing: no damage, and no orphan (a heal names its copy)."""
     assert res.returncode == 0 and report["healthy"], res.describe()
     assert report["damaged_files"] == {} and report["queued_repairs"] == 0
     for s in report["stores"]:
-        assert s[MISSING] + s[CHECKSUM] + s[AUTH] == 0, s
+        assert s[MISSING] + s[CHECKSUM] + s[AUTH] == 0 and s["orphans"] == 0, s
 
 
 # ------------------------------------------------------------------------------------------
