@@ -33,12 +33,15 @@ to packs on more than M stores: tests/test_mount_packs.py).
 - 3 stores: reads fail with EIO, never a wrong or stale byte; events with action
   "unrecoverable" name the files; status lists them at risk; a repairing scrub exits 1 and
   changes no object.
+- Packs only: damage to whole packs (above), and the same damage compacted before it is
+  found (compaction copies members unverified: the damage must stay findable and healable).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 import random
 from collections.abc import Callable
@@ -437,7 +440,8 @@ def case_of(path: str) -> str:
 def check_restored(vol: Volume, dmg: Damage) -> None:
     """Every damaged share, where its chunk row now names it, holds its exact original bytes
     under its original checksum. An object is rewritten in place (same name); a member is
-    rewritten elsewhere and its pack never written again (it still holds the damage)."""
+    rewritten elsewhere and its pack never written again (it holds the damage until it is
+    deleted)."""
     now = share_map(vol)
     bad = collections.defaultdict(list)
     for d in dmg.done:
@@ -452,7 +456,7 @@ def check_restored(vol: Volume, dmg: Damage) -> None:
         if d.loc.packed:
             if (cur.file, cur.offset) == (d.loc.file, d.loc.offset):
                 bad[d.case].append(f"{what}: the member was not moved")
-            if d.loc.read() != d.damaged:
+            if d.loc.file.exists() and d.loc.read() != d.damaged:  # (or emptied, deleted)
                 bad[d.case].append(f"{what}: its pack was written in place")
         elif cur.name != d.loc.name:
             bad[d.case].append(f"{what}: rewritten (new object name)")
@@ -716,6 +720,55 @@ def test_pack_level_damage(built: Callable[[str], Pristine], tmp_path: Path,
     check_untouched(vol, dmg)
     check_events(vol, dmg, "healed")
     check_status_counts(vol, dmg, "healed")
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    assert_tree(mnt, pristine.expected)
+    mounter.umount(mnt)
+
+
+def by_share(vol: Volume, action: str) -> set[tuple[str, str, str, int]]:
+    """(kind, store, file, chunk) of the events with ACTION: one share each (a chunk has one
+    share per store), wherever compaction moved it."""
+    return {(e["kind"], e["store"], e["file"], e["chunk"])
+            for e in read_events(vol) if e["action"] == action}
+
+
+def test_damaged_packs_survive_compaction(built: Callable[[str], Pristine], tmp_path: Path,
+                                         mounter: Mounter) -> None:
+    """`fusefs compact` over the pack-level damage (the v1 packs are mostly dead, so all
+    compacted): it copies whole members as they are (damaged ones stay damaged, found and
+    healed at their copy), leaves those the pack no longer holds for the heal and keeps their
+    pack; nothing is lost and no damage is hidden."""
+    pristine = built("packs")
+    vol = pristine.restore()
+    dmg = damage_packs(pristine)
+    packs = pack_objects(vol)
+    candidates = {p.file for p in packs if 0 < p.live < p.size / 2}
+    gone = {d.loc for d in dmg.done if d.how in ("truncate", "delete")}
+    left = [d for d in dmg.done if d.loc.file in candidates and d.loc in gone]
+    assert candidates and left and any(d.loc.file in candidates for d in dmg.done
+                                       if d.loc not in gone), "compaction would prove little"
+
+    res = assert_ok(run_fusefs("compact", vol.path, "--key-file", vol.key, "--json"))
+    report = json.loads(res.stdout)
+    assert report["left"] == len(left), report
+    assert report["packs"] == len(candidates - {d.loc.file for d in left}), report
+    assert {p.file for p in pack_objects(vol)} >= {d.loc.file for d in left}
+
+    want = {(d.kind, vol.store_url(d.loc.store), d.loc.path, d.loc.chunk) for d in dmg.done}
+    res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)
+    assert res.returncode == 1 and by_share(vol, "reported") == want, res.describe()
+    assert {s["url"]: {k: s[k] for k in (MISSING, CHECKSUM, AUTH)} for s in report["stores"]
+            } == expected_counts(vol, dmg)
+
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    assert_tree(mnt, pristine.expected)
+    res, report = scrub_json(mnt)
+    assert res.returncode == 0 and report["healthy"], res.describe()
+    mounter.umount(mnt)
+    assert by_share(vol, "healed") == want
+    res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)
+    check_healthy(res, report)
+    check_restored(vol, dmg)
     mnt = mounter.mount(vol, tmp_path / "mnt")
     assert_tree(mnt, pristine.expected)
     mounter.umount(mnt)
