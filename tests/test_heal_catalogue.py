@@ -6,10 +6,10 @@ case file was written twice (v1, then overwritten in place with v2) and the v1 s
 saved, so old versions can be put back (rollback). The written state is saved; each test
 restores it, damages shares while the volume is NOT mounted and mounts it fresh.
 
-Every test runs over two layouts of the same files: "objects" (`--pack-below 0`: each share
-an object of its own) and "packs" (`--pack-below 256K`: every share a member of a pack, a
-byte range of one pack object per store and mount). A damage kind hits the bytes of one
-share: the whole object, or the member's range inside its pack.
+The three catalogue tests run over two layouts of the same files: "objects" (`--pack-below
+0`: each share an object of its own) and "packs" (`--pack-below 256K`: every share a member
+of a pack, a byte range of one pack object per store and mount). A damage kind hits the
+bytes of one share: the whole object, or the member's range inside its pack.
 
 Damage kinds: bit flip, truncation, extension, deletion, swap of two shares within a store
 (members: the bytes their ranges have in common), another file's share copied over, rollback
@@ -33,8 +33,10 @@ to packs on more than M stores: tests/test_mount_packs.py).
 - 3 stores: reads fail with EIO, never a wrong or stale byte; events with action
   "unrecoverable" name the files; status lists them at risk; a repairing scrub exits 1 and
   changes no object.
-- Packs only: damage to whole packs (above), and the same damage compacted before it is
-  found (compaction copies members unverified: the damage must stay findable and healable).
+- Packs only: damage to whole packs (above), bytes flipped astride two members' boundary
+  (both damaged) or inside dead members (nothing damaged); and the same damage compacted
+  before it is found (compaction copies members unverified: it must stay findable and
+  healable).
 """
 
 from __future__ import annotations
