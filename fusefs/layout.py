@@ -47,10 +47,14 @@ class PackCache:
                 self._size -= len(self._packs.popitem(last=False)[1])
 
     def member(self, si: int, loc: PackLoc) -> memoryview | None:
-        """The bytes of a member (short or empty where the pack is), or None: not held."""
+        """The bytes of a member, or None: not held (read it from its store). A member
+        that ends past the bytes held is not held either: the pack may have grown since it
+        was read (the open pack of a mounted volume takes appends while a scrub runs, and
+        the members of files written meanwhile were taken for missing on every store:
+        unrecoverable). A truncated pack is found by the ranged read just the same."""
         with self._lock:
             data = self._packs.get((si, loc.pid))
-        if data is None:
+        if data is None or loc.offset + loc.length > len(data):
             return None
         return memoryview(data)[loc.offset : loc.offset + loc.length]
 
