@@ -31,6 +31,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The `fusefs` commands the tests run (cwd /) must import this checkout's package: from a
+# venv shared by several checkouts (git worktrees, an editable install of another one) they
+# otherwise ran that other checkout's daemon, and a fix made here was not what was tested.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import helpers  # noqa: E402
 
