@@ -66,7 +66,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         basetemp = str(session.config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
     except (AttributeError, OSError):
         return
-    ours = (basetemp + os.sep, os.path.join(tempfile.gettempdir(), "fusefs-allow-other-"))
+    ours = (basetemp + os.sep, os.path.join(tempfile.gettempdir(), helpers.ALLOW_OTHER_PREFIX))
     for mnt in helpers.fuse_mounts():
         if mnt.startswith(ours):
             print(f"\nfusefs tests: forcing down a leftover mount {mnt}", file=sys.stderr)

@@ -34,6 +34,10 @@ from fusefs.mounts import mounted_at, mountinfo
 from fusefs.stores.local import object_relpath
 
 FUSEFS = [sys.executable, "-m", "fusefs"]
+# Mountpoints outside tmp_path (reachable by other users) start with this: this process's
+# own, so that the end of a test run forces down its leftovers and not those of another run
+# going on at the same time on the machine.
+ALLOW_OTHER_PREFIX = f"fusefs-allow-other-{os.getpid()}-"
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB

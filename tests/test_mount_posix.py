@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    ALLOW_OTHER_PREFIX,
     FUSEFS,
     TREE_SIZES,
     GiB,
@@ -1181,7 +1182,7 @@ def test_allow_other_respects_permissions(volume, mounter):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to another user")
     vol = volume()
-    top = Path(tempfile.mkdtemp(prefix="fusefs-allow-other-"))  # reachable by other users
+    top = Path(tempfile.mkdtemp(prefix=ALLOW_OTHER_PREFIX))  # reachable by others
     try:
         os.chmod(top, 0o755)
         mnt = mounter.mount(vol, top / "mnt", "--allow-other")
