@@ -632,7 +632,8 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class ShareLoc:
-    """One share object of the current version of one chunk, found through VOLUME/meta.db."""
+    """One share of the current version of one chunk, found through VOLUME/meta.db: an object
+    of its own, or (format 4) a member of a pack (`pack` names the pack file)."""
 
     path: str  # the file's path in the volume, as events name it: "/dir/name"
     inode: int
@@ -640,8 +641,36 @@ class ShareLoc:
     share: int  # share number: 0..K-1 data shares (what a healthy read fetches), then parity
     store: int  # index of the store holding it (placement byte)
     name: str  # object name
-    file: Path  # STORE/objects/<name[0]>/<name>
+    file: Path  # STORE/objects/<name[0]>/<name> (absent when the share is packed)
     digest: bytes  # the share's recorded xxh3-128
+    pack: Path | None = None  # the pack file holding it, when packed
+    offset: int = 0  # its byte range in `pack`
+    length: int = 0
+
+    @property
+    def event_object(self) -> str:
+        """How events name the share: its object, or "PACK@OFFSET+LENGTH" when packed."""
+        if self.pack is None:
+            return self.name
+        return f"{self.pack.name}@{self.offset}+{self.length}"
+
+    def read(self) -> bytes:
+        """The share's bytes, wherever it is."""
+        if self.pack is None:
+            return self.file.read_bytes()
+        with open(self.pack, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.length)
+
+    def overwrite(self, data: bytes) -> None:
+        """Write DATA over the share in place (same length for a pack member)."""
+        if self.pack is None:
+            self.file.write_bytes(data)
+            return
+        assert len(data) == self.length, "a pack member is rewritten at its own length"
+        with open(self.pack, "r+b") as f:
+            f.seek(self.offset)
+            f.write(data)
 
 
 def _volume_id(vol: Volume) -> str:
@@ -658,16 +687,19 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
     meta.db read-only; safe while mounted, but a daemon's uncommitted changes are not seen.
     """
     import sqlite3
+    import struct
 
     from fusefs.codec.keys import VolumeKeys, load_key_file
 
     keys = VolumeKeys(load_key_file(vol.key), bytes.fromhex(_volume_id(vol)))
+    packs = {p.id: p.file for p in pack_objects(vol)}
     db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
     try:
         parents = {ino: (parent, os.fsdecode(name)) for parent, name, ino in
                    db.execute("SELECT parent, name, inode FROM dentries")}
         rows = db.execute("SELECT inode, idx, oid, placement, digests FROM chunks"
                           " ORDER BY inode, idx").fetchall()
+        packed = dict(db.execute("SELECT oid, locs FROM packed")) if packs else {}
     finally:
         db.close()
 
@@ -682,12 +714,15 @@ def share_map(vol: Volume) -> dict[str, list[list[ShareLoc]]]:
     for ino, idx, oid, placement, digests in rows:
         if ino not in parents:
             continue  # unlinked, not yet collected
+        locs = list(struct.iter_unpack(">QII", packed[oid])) if oid in packed else []
         shares = []
         for i, si in enumerate(placement):
             name = keys.object_name(oid, i)
+            pack, off, n = locs[i] if i < len(locs) else (0, 0, 0)
             shares.append(ShareLoc(path_of(ino), ino, idx, i, si, name,
                                    vol.stores[si] / object_relpath(name),
-                                   bytes(digests[16 * i : 16 * i + 16])))
+                                   bytes(digests[16 * i : 16 * i + 16]),
+                                   packs[pack] if pack else None, off, n))
         out.setdefault(shares[0].path, []).append(shares)
     return out
 
@@ -760,13 +795,14 @@ def snapshot_shares(vol: Volume) -> set[tuple[int, str]]:
 
 
 def forge_digest(vol: Volume, loc: ShareLoc, data: bytes) -> None:
-    """Write DATA as LOC's object AND record its xxh3-128 as the share's checksum in meta.db
-    (a forged checksum). Only while the volume is NOT mounted."""
+    """Write DATA as LOC's object (over its pack member, at its length, when packed) AND
+    record its xxh3-128 as the share's checksum in meta.db (a forged checksum). Only while
+    the volume is NOT mounted."""
     import sqlite3
 
     import xxhash
 
-    loc.file.write_bytes(data)
+    loc.overwrite(data)
     db = sqlite3.connect(vol.path / "meta.db")
     try:
         with db:

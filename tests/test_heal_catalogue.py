@@ -105,7 +105,7 @@ class Pristine:
     """The written volume, the v1 shares of every case file, and a saved copy of it all."""
 
     def __init__(self, base: Path) -> None:
-        self.vol = create_volume(base, "vol", chunk_size="64K")
+        self.vol = create_volume(base, "vol", chunk_size="64K", pack_below="0")
         assert int(status_json(self.vol.path)["chunk_size"]) == CHUNK
         cases = [two_rel(c) for c in TWO_STORE_CASES] + [three_rel(c) for c in THREE_STORE_CASES]
         v1 = {rel: rand_bytes(FILE_SIZE, f"v1:{rel}") for rel in cases}
