@@ -31,6 +31,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Every `python -m fusefs` the tests start (CLI calls, daemons, scripts) runs from "/": the
+# fusefs it imports must be this checkout's, not whichever one the venv has installed (a
+# git worktree beside the installed checkout would otherwise test the other one's code).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_CHECKOUT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 import helpers  # noqa: E402
 
