@@ -106,13 +106,16 @@ class PackWriter:
 
     def _full(self, si: int) -> bool:
         """Whether store `si` needs a new pack: none is open, the open one is full, or the
-        store went down or was held since it was opened. The open descriptor may then name
-        a file that is no longer where the store is (its directory was moved away and an
-        empty one claimed in its place, a mount now covers it): appends through it would be
-        recorded as members the store does not hold."""
+        store went down or was held since it was opened, or its file was deleted. The open
+        descriptor may then name a file that is no longer where the store is (its directory
+        was moved away and an empty one claimed in its place, a mount now covers it, it was
+        deleted): appends through it would be recorded as members the store does not hold."""
         cur = self._open.get(si)
         return (cur is None or cur.size >= self.lay.config.pack_size
-                or cur.outages != self.health.outages(si))
+                or cur.outages != self.health.outages(si)
+                # deleted under the mount (its store's objects removed by hand): one fstat,
+                # on a local disk only (a hung NFS server must not block the event loop)
+                or (self.lay.stores[si].inline_io and cur.appender.removed()))
 
     async def _rotate(self, si: int) -> None:
         store = self.lay.stores[si]

@@ -782,6 +782,23 @@ def packed_members(vol: Volume) -> dict[str, list[tuple[int, Path, int, int]]]:
     return out
 
 
+def stored_shares(vol: Volume) -> int:
+    """How many shares the stores hold for the volume: share objects (every object that is
+    not a pack) plus the pack members meta.db names (read-only)."""
+    import sqlite3
+    import struct
+
+    packs = {p.file.name for p in pack_objects(vol)}
+    objects = sum(p.name not in packs for i in range(len(vol.stores)) for p in vol.objects(i))
+    db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT locs FROM packed").fetchall()
+    finally:
+        db.close()
+    return objects + sum(pack != 0 for (locs,) in rows
+                         for pack, _, _ in struct.iter_unpack(">QII", locs))
+
+
 def snapshot_shares(vol: Volume) -> set[tuple[int, str]]:
     """(store index, object name) of every share of the volume's metadata snapshots (what a
     store holds beside the shares of file chunks)."""
