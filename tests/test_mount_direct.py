@@ -234,7 +234,9 @@ def test_forked_and_spawned_processes_open_views_of_their_own(written: Written,
     _INHERITED[:] = [vol]
     for method in ("fork", "spawn"):
         ctx = multiprocessing.get_context(method)
-        with ctx.Pool(2) as pool:
+        # one task per worker: a worker given both halves had rebuilt its view for the
+        # first, and reported its own pid as "before" for the second
+        with ctx.Pool(2, maxtasksperchild=1) as pool:
             if method == "fork":
                 results = pool.map(_contents_inherited, [paths[i::2] for i in range(2)])
             else:  # the volume is pickled to the child
