@@ -188,8 +188,7 @@ def _init_options(s: argparse.ArgumentParser) -> None:
                         "published, for followers (default: 3 snapshot intervals)")
     s.add_argument("--pack-below", metavar="SIZE",
                    help="shares smaller than this go into pack objects, one per store "
-                        "(default 0: every share is an object of its own; 256K suits "
-                        "datasets of many small files)")
+                        "(default 256K; 0: every share is an object of its own)")
     s.add_argument("--pack-size", metavar="SIZE",
                    help="a pack object is sealed at this size (default 16M)")
     s.add_argument("--key-file", metavar="PATH",

@@ -15,14 +15,12 @@ FORMAT = 4  # what init makes. 2: chunks encrypted in segments (segment_size) un
 #             4: as 3, and shares smaller than `pack_below` appended to pack objects
 FORMATS = (2, 3, 4)  # what this fusefs reads and writes
 PACK_FORMAT = 4  # the first format with pack objects
-DEFAULT_PACK_BELOW = 0  # packs are opted into at init (--pack-below) for now: damage tools
-#                         and tests that work on share objects expect objects
-SUGGESTED_PACK_BELOW = 256 << 10  # for datasets of small files: shares smaller than this go
-#                                 into packs (format 4): a small
-#                                 file's 5 share files cost 5 creates and renames (ext4 inode
-#                                 allocation was ~20% of a small-file write), 5 PUTs on S3;
-#                                 bigger shares are written with O_DIRECT as objects of their
-#                                 own (stores/local.py DIRECT_MIN), where a pack gains nothing
+DEFAULT_PACK_BELOW = 256 << 10  # shares smaller than this go into packs (format 4): a
+#                                small file's 5 share files cost 5 creates and renames (ext4
+#                                inode allocation was ~20% of a small-file write), 5 PUTs on
+#                                S3; bigger shares are written with O_DIRECT as objects of
+#                                their own (stores/local.py DIRECT_MIN), where a pack gains
+#                                nothing. `init --pack-below 0` turns packs off
 MAX_PACK_BELOW = 1 << 30
 DEFAULT_PACK_SIZE = 16 << 20  # a pack is sealed once this big: compaction copies at most
 #                               half of it to free one, scrub reads one per request

@@ -36,6 +36,12 @@ class StoreHealth:
         self._down_until: dict[int, float] = {}  # store index -> clock time to retry at
         self._full_until: dict[int, float] = {}  # stores that refused a write for space
         self._held: dict[int, str] = {}  # store index -> why it is not written to
+        self._outages = [0] * len(stores)  # times each store went down or was held
+
+    def outages(self, si: int) -> int:
+        """How many times store `si` was marked down or had its writes held: a pack opened
+        before the latest outage is not appended to again (`packs.PackWriter`)."""
+        return self._outages[si]
 
     def down(self, si: int) -> bool:
         """True while store `si` is bypassed; an expired bypass ends here (tried again)."""
@@ -85,6 +91,7 @@ class StoreHealth:
         if self._held.get(si) != why:
             log.warning("store %s is not written to: %s", self.stores[si].url, why)
         self._held[si] = why
+        self._outages[si] += 1
 
     def release_writes(self, si: int) -> None:
         if self._held.pop(si, None) is not None:
@@ -106,6 +113,7 @@ class StoreHealth:
             self.events.record(UNREACHABLE, action="bypassed", store=self.stores[si].url,
                                detail=str(error))
         self._down_until[si] = self.clock() + STORE_RETRY_SECONDS
+        self._outages[si] += 1
 
     def mark_up(self, si: int) -> None:
         """Store `si` answered (a scrub checked it): use it again at once."""

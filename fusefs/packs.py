@@ -51,6 +51,7 @@ class _Open:
     id: int  # packs.id
     pid: bytes
     appender: Appender
+    outages: int  # the store's `StoreHealth.outages` when the pack was opened
     size: int = 0  # the next member's offset
 
 
@@ -104,11 +105,21 @@ class PackWriter:
                     self.health.mark_down(si, e)
 
     def _full(self, si: int) -> bool:
+        """Whether store `si` needs a new pack: none is open, the open one is full, or the
+        store went down or was held since it was opened, or its file was deleted. The open
+        descriptor may then name a file that is no longer where the store is (its directory
+        was moved away and an empty one claimed in its place, a mount now covers it, it was
+        deleted): appends through it would be recorded as members the store does not hold."""
         cur = self._open.get(si)
-        return cur is None or cur.size >= self.lay.config.pack_size
+        return (cur is None or cur.size >= self.lay.config.pack_size
+                or cur.outages != self.health.outages(si)
+                # deleted under the mount (its store's objects removed by hand): one fstat,
+                # on a local disk only (a hung NFS server must not block the event loop)
+                or (self.lay.stores[si].inline_io and cur.appender.removed()))
 
     async def _rotate(self, si: int) -> None:
         store = self.lay.stores[si]
+        outages = self.health.outages(si)
         pid = os.urandom(16)
         pack = self.meta.new_pack(pid, si)  # committed before the object exists
         name = self.lay.pack_name(pid)
@@ -118,7 +129,7 @@ class PackWriter:
             appender = opener(name)
         else:  # a disk that may hang (NFS): not on the event loop
             appender = await trio.to_thread.run_sync(opener, name)
-        old = self._swap(si, _Open(pack, pid, appender))
+        old = self._swap(si, _Open(pack, pid, appender, outages))
         if old is not None:
             self.meta.seal_packs([old.id])
 

@@ -143,8 +143,10 @@ def status(target: str, as_json: bool, key_file: str | None = None) -> int:
         print(f"  {url}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     if events:
         last = events[-1]
-        print(f"  last: {last.get('time')} {last.get('kind')} on {last.get('store')} "
-              f"file {last.get('file')} -> {last.get('action')}")
+        # store-wide events and a snapshot's shares name no file: no "file None"
+        what = f" file {last['file']}" if last.get("file") else ""
+        print(f"  last: {last.get('time')} {last.get('kind')} on {last.get('store')}"
+              f"{what} -> {last.get('action')}")
     print(f"repairs    {queued} shares queued")
     if at_risk:
         print(f"at risk    {len(at_risk)} files: " + ", ".join(sorted(at_risk)[:10]))

@@ -656,6 +656,20 @@ class ShareLoc:
         return self.length is not None
 
     @property
+    def pack(self) -> Path | None:
+        """The pack file holding it (None: an object of its own)."""
+        return self.file if self.packed else None
+
+    @property
+    def event_object(self) -> str:
+        return self.obj
+
+    def overwrite(self, data: bytes) -> None:
+        """Write DATA over the share in place (a pack member keeps its length)."""
+        assert self.length in (None, len(data)), "a pack member is rewritten at its own length"
+        self.write(data)
+
+    @property
     def obj(self) -> str:
         """How events name the share: its object, or "PACK@OFFSET+LENGTH"."""
         return self.name if self.length is None else f"{self.name}@{self.offset}+{self.length}"
@@ -792,6 +806,23 @@ def packed_members(vol: Volume) -> dict[str, list[tuple[int, Path, int, int]]]:
             (packs[pack].store, packs[pack].file, off, n)
             for pack, off, n in struct.iter_unpack(">QII", locs) if pack]
     return out
+
+
+def stored_shares(vol: Volume) -> int:
+    """How many shares the stores hold for the volume: share objects (every object that is
+    not a pack) plus the pack members meta.db names (read-only)."""
+    import sqlite3
+    import struct
+
+    packs = {p.file.name for p in pack_objects(vol)}
+    objects = sum(p.name not in packs for i in range(len(vol.stores)) for p in vol.objects(i))
+    db = sqlite3.connect(f"file:{vol.path / 'meta.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT locs FROM packed").fetchall()
+    finally:
+        db.close()
+    return objects + sum(pack != 0 for (locs,) in rows
+                         for pack, _, _ in struct.iter_unpack(">QII", locs))
 
 
 def snapshot_shares(vol: Volume) -> set[tuple[int, str]]:

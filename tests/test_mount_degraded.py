@@ -46,7 +46,9 @@ class Pristine:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.vol = create_volume(base, "vol")
+        # share objects: the damage tools work on whole objects (a pack's members would be
+        # hit or missed by where they lie); test_mount_packs damages packs
+        self.vol = create_volume(base, "vol", pack_below="0")
         cs = int(status_json(self.vol.path)["chunk_size"])
         sizes = [0, 1, 4095, 4097, 64 * KiB + 3, MiB + 1, 2 * cs + 17]
         self.layout = tree_layout(sizes)

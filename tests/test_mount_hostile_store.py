@@ -56,7 +56,9 @@ class Pristine:
     """A written volume and a saved copy of its directory and stores."""
 
     def __init__(self, base: Path) -> None:
-        self.vol = create_volume(base, "vol")
+        # share objects: symlinks are planted per object name and each object is expected
+        # back as a regular file with its own bytes
+        self.vol = create_volume(base, "vol", pack_below="0")
         cs = int(status_json(self.vol.path)["chunk_size"])
         self.layout = tree_layout([0, 1, 4095, 4097, 64 * KiB + 3, MiB + 1, 2 * cs + 17,
                                    3 * cs])

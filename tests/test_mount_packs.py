@@ -17,10 +17,13 @@ import os
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
 from helpers import (
+    CLI_TIMEOUT,
+    FUSEFS,
     KiB,
     Mounter,
     Volume,
@@ -426,8 +429,47 @@ def test_a_new_host_recovers_a_packed_volume_and_packs_on(volume, mounter: Mount
     assert report["healthy"], res.describe()
 
 
+def test_a_pack_deleted_under_the_mount_is_not_appended_to(volume, mounter: Mounter,
+                                                          tmp_path: Path) -> None:
+    """Someone deletes a store's open pack while mounted: what is written afterwards goes
+    into a new pack of that store (appends through the old descriptor would be members of
+    a file the store no longer holds), so only the members already written are missing."""
+    vol = packed_volume(volume)
+    mnt = mounter.mount(vol, tmp_path / "mnt")
+    before, after = small_files(4, "before"), {"late": rand_bytes(3000, "late")}
+    write_files(mnt, before)
+    store, pack, _, _ = packed_members(vol)["/f00000"][0]
+    pack.unlink()
+    write_files(mnt, after)
+    assert_files(mnt, {**before, **after})
+    res, report = scrub_json(mnt, "--no-repair")
+    assert res.returncode == 1, res.describe()
+    assert report["stores"][store]["missing"] == len(before), report["stores"][store]
+    assert set(report["damaged_files"]) == {f"/{n}" for n in before}, report["damaged_files"]
+    res, report = scrub_json(mnt)
+    assert res.returncode == 0 and report["healthy"], res.describe()
+
+
+def test_packs_are_the_default_and_pack_below_0_turns_them_off(tmp_path: Path) -> None:
+    """A new volume packs shares below 256K unless told otherwise; 0 (option or
+    environment) is the way to a volume of share objects only."""
+    def init(name: str, *extra: object, env: dict[str, str] | None = None) -> int:
+        s = tmp_path / f"{name}-s"
+        args = [*FUSEFS, "init", tmp_path / name, "--store", f"{s}0", "--store", f"{s}1",
+                "--key-file", tmp_path / f"{name}.key", *extra]
+        res = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                             timeout=CLI_TIMEOUT, env={**os.environ, **(env or {})})
+        assert res.returncode == 0, res.stderr
+        return tomllib.loads((tmp_path / name / "fusefs.toml").read_text())["pack_below"]
+
+    assert init("default") == 256 * KiB
+    assert init("off", "--pack-below", "0") == 0
+    assert init("env-off", env={"FUSEFS_PACK_BELOW": "0"}) == 0
+    assert init("option-wins", "--pack-below", "64K", env={"FUSEFS_PACK_BELOW": "0"}) == 64 * KiB
+
+
 def test_compact_and_init_options_fail_in_one_line(volume, tmp_path: Path) -> None:
-    plain = volume()
+    plain = volume(pack_below="0")
     msg = assert_fails(run_fusefs("compact", plain.path, "--key-file", plain.key))
     assert "no pack objects" in msg
     msg = assert_fails(run_fusefs("compact", tmp_path / "nowhere"))

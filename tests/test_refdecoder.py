@@ -370,8 +370,15 @@ def test_a_fresh_volume_decodes_and_refuses_too_few_shares(mounter: Mounter,
     chunk = next(c for c in rd.chunks_of(v, entry) if c.idx == 2)
     v.db.close()
     share = chunk.placement.index(2)
-    obj = rd.share_paths(moved[2], rd.object_name(v.names_key, chunk.oid, share))[0]
-    obj.write_bytes(b"\xff" + obj.read_bytes()[1:])
+    loc = chunk.locs[share] if share < len(chunk.locs) else None  # packed: (pid, offset, n)
+    obj = (rd.object_name(v.names_key, chunk.oid, share) if loc is None
+           else rd.pack_name(v.names_key, loc[0]))
+    at = 0 if loc is None else loc[1]  # the share's first byte, in its object or its pack
+    with open(rd.share_paths(moved[2], obj)[0], "r+b") as f:
+        f.seek(at)
+        first = f.read(1)
+        f.seek(at)
+        f.write(bytes([first[0] ^ 0xFF]))
     res = run_decoder("extract", vol.path, tmp_path / "out3", "--key-file", vol.key,
                       *store_args(moved))
     line = one_line(res)

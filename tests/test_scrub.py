@@ -51,12 +51,14 @@ def test_scrub_while_streaming_a_large_file(volume, mounter: Mounter, tmp_path: 
     (mnt / "big.bin").write_bytes(big)
     mounter.umount(mnt)
 
-    # damage one share of every 4th chunk, parity shares included
+    # damage one share of every 4th full chunk (share objects: the 123-byte tail's are
+    # packed), parity shares included
     chunks = share_map(vol)["/big.bin"]
     assert len(chunks) == 41
     damaged = {}
-    for n, chunk in enumerate(chunks[::4]):
+    for n, chunk in enumerate(chunks[:40:4]):
         loc = chunk[n % 5]
+        assert loc.pack is None
         damaged[loc.file] = loc.file.read_bytes()
         if n % 2:
             loc.file.unlink()
@@ -105,8 +107,12 @@ def test_scrub_rate_limit(volume, mounter: Mounter, tmp_path: Path):
     mounter.umount(mnt)
 
 
-def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path):
-    vol = volume(chunk_size="64K")
+@pytest.mark.parametrize("packed", [False, True], ids=["objects", "packed"])
+def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path,
+                                       packed: bool):
+    """An orphan is a planted object, or a real share object or pack copied to a store that
+    does not hold it."""
+    vol = volume(chunk_size="64K", pack_below="256K" if packed else "0")
     mnt = mounter.mount(vol, tmp_path / "mnt")
     files = {"a.bin": rand_bytes(150 * KiB, "a"), "b.bin": rand_bytes(1000, "b")}
     for rel, data in files.items():
@@ -117,11 +123,13 @@ def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path)
     planted = vol.stores[1] / object_relpath("ab" + os.urandom(15).hex())
     planted.parent.mkdir(exist_ok=True)
     planted.write_bytes(os.urandom(4096))
-    real = share_map(vol)["/a.bin"][0][0]
-    other = next(i for i in range(5) if i != real.store and i != 1)
+    share = share_map(vol)["/a.bin"][0][0]
+    assert (share.pack is not None) == packed
+    real = share.pack or share.file
+    other = next(i for i in range(5) if i != share.store and i != 1)
     copied = vol.stores[other] / object_relpath(real.name)
     copied.parent.mkdir(exist_ok=True)
-    copied.write_bytes(real.file.read_bytes())
+    copied.write_bytes(real.read_bytes())
     orphans = {1: planted, other: copied}
 
     res, report = scrub_json(mnt, "--no-repair")
@@ -144,7 +152,7 @@ def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path)
         want = 1 if i in orphans else 0
         assert s["orphans"] == want and s["orphans_removed"] == want, (i, s)
     assert not planted.exists() and not copied.exists(), "the orphans are still there"
-    assert real.file.exists(), "the real share of the copied orphan was removed"
+    assert real.exists(), "the real object of the copied orphan was removed"
     events = read_events(vol)
     for i, p in orphans.items():
         assert any(e["kind"] == "unexpected_object" and e["action"] == "removed"
@@ -160,8 +168,11 @@ def test_orphans_reported_then_removed(volume, mounter: Mounter, tmp_path: Path)
     assert_event_vocabulary(read_events(vol))
 
 
-def test_offline_scrub_repairs(volume, mounter: Mounter, tmp_path: Path):
-    vol = volume(chunk_size="64K")
+@pytest.mark.parametrize("packed", [False, True], ids=["objects", "packed"])
+def test_offline_scrub_repairs(volume, mounter: Mounter, tmp_path: Path, packed: bool):
+    """Share objects, or pack members (a member is missing when its pack was cut short
+    before it, bad when its bytes changed): each kind is found, counted and rebuilt."""
+    vol = volume(chunk_size="64K", pack_below="256K" if packed else "0")
     files = {"d/x.bin": rand_bytes(5 * 64 * KiB + 3, "x"), "y.bin": rand_bytes(70 * KiB, "y")}
     mnt = mounter.mount(vol, tmp_path / "mnt")
     (mnt / "d").mkdir()
@@ -171,20 +182,33 @@ def test_offline_scrub_repairs(volume, mounter: Mounter, tmp_path: Path):
 
     smap = share_map(vol)
     x, y = smap["/d/x.bin"], smap["/y.bin"]
-    damage = [  # (share, expected kind)
-        (x[0][4], "missing"), (x[1][0], "checksum_mismatch"), (x[2][2], "authentication_failure"),
-        (x[3][1], "checksum_mismatch"), (x[3][3], "missing"), (y[1][3], "checksum_mismatch"),
-    ]
-    original = {loc.file: loc.file.read_bytes() for loc, _ in damage}
+    assert all((loc.pack is not None) == packed for c in x + y for loc in c)
+    if packed:  # y's last chunk was written last: its shares end their packs
+        damage = [  # (share, expected kind)
+            (y[1][4], "missing"), (x[1][0], "checksum_mismatch"),
+            (x[2][2], "authentication_failure"), (x[3][1], "checksum_mismatch"),
+            (y[1][1], "missing"), (y[0][3], "checksum_mismatch"),
+        ]
+    else:
+        damage = [
+            (x[0][4], "missing"), (x[1][0], "checksum_mismatch"),
+            (x[2][2], "authentication_failure"), (x[3][1], "checksum_mismatch"),
+            (x[3][3], "missing"), (y[1][3], "checksum_mismatch"),
+        ]
+    original = {loc: loc.read() for loc, _ in damage}
+    touched = {loc.pack or loc.file for loc, _ in damage}
     for loc, kind in damage:
-        data = original[loc.file]
-        if kind == "missing":
+        data = original[loc]
+        if kind == "missing" and loc.pack is not None:
+            assert loc.pack.stat().st_size == loc.offset + loc.length, "not the last member"
+            os.truncate(loc.pack, loc.offset)
+        elif kind == "missing":
             loc.file.unlink()
         elif kind == "authentication_failure":
             forge_digest(vol, loc, os.urandom(len(data)))
         else:
-            loc.file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    damaged_now = {f: f.read_bytes() if f.exists() else None for f in original}
+            loc.overwrite(data[:-1] + bytes([data[-1] ^ 1]))
+    damaged_now = {f: f.read_bytes() if f.exists() else None for f in touched}
 
     # the volume's key is not in VOLUME: an unmounted scrub needs --key-file
     assert_fails(run_fusefs("scrub", vol.path, "--no-repair"), 1)
@@ -192,7 +216,8 @@ def test_offline_scrub_repairs(volume, mounter: Mounter, tmp_path: Path):
     res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)
     assert res.returncode == 1, res.describe()
     assert set(report["damaged_files"]) == {"/d/x.bin", "/y.bin"}, report["damaged_files"]
-    assert len(report["damaged_files"]["/d/x.bin"]) == 5
+    in_x = sum(loc.path == "/d/x.bin" for loc, _ in damage)
+    assert len(report["damaged_files"]["/d/x.bin"]) == in_x
     want = {vol.store_url(i): {"missing": 0, "checksum_mismatch": 0,
                                "authentication_failure": 0} for i in range(5)}
     for loc, kind in damage:
@@ -200,22 +225,24 @@ def test_offline_scrub_repairs(volume, mounter: Mounter, tmp_path: Path):
     got = {s["url"]: {k: s[k] for k in ("missing", "checksum_mismatch",
                                         "authentication_failure")} for s in report["stores"]}
     assert got == want
-    assert {f: f.read_bytes() if f.exists() else None for f in original} == damaged_now, (
+    assert {f: f.read_bytes() if f.exists() else None for f in touched} == damaged_now, (
         "scrub --no-repair changed objects")
 
     res, report = scrub_json(vol.path, "--key-file", vol.key)
     assert res.returncode == 0 and report["healthy"], res.describe()
     assert sum(s["repaired"] for s in report["stores"]) == len(damage)
-    for loc, _ in damage:
-        assert loc.file.read_bytes() == original[loc.file], f"{loc} not restored"
+    now = share_map(vol)
+    for loc, _ in damage:  # rebuilt to the exact bytes (a pack member: into a new pack)
+        assert now[loc.path][loc.chunk][loc.share].read() == original[loc], f"{loc} not restored"
     res, report = scrub_json(vol.path, "--no-repair", "--key-file", vol.key)
     assert res.returncode == 0, res.describe()
     events = read_events(vol)
     assert_event_vocabulary(events)
     for loc, kind in damage:
-        assert any(e["object"] == loc.name and e["kind"] == kind and e["action"] == "healed"
-                   and e.get("file") == loc.path and e["store"] == vol.store_url(loc.store)
-                   and e.get("chunk") == loc.chunk for e in events), (loc, kind)
+        assert any(e["object"] == loc.event_object and e["kind"] == kind
+                   and e["action"] == "healed" and e.get("file") == loc.path
+                   and e["store"] == vol.store_url(loc.store) and e.get("chunk") == loc.chunk
+                   for e in events), (loc, kind, [e for e in events if e.get("file") == loc.path])
 
     mnt = mounter.mount(vol, tmp_path / "mnt")
     assert_tree(mnt, files, exact=False)

@@ -32,6 +32,10 @@ class Appender(Protocol):
     def close(self) -> None:
         """No more writes."""
 
+    def removed(self) -> bool:
+        """Whether the object was deleted from the store while open (appends would land in
+        a file nothing can read any more)."""
+
 
 class Store(ABC):
     """An async object store."""

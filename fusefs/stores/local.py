@@ -155,6 +155,12 @@ class _PackFile:
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
+    def removed(self) -> bool:
+        try:
+            return os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return True
+
 
 class LocalStore(Store):
     def __init__(self, root: str) -> None:

@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files", type=int, metavar="N",
                    help=f"small files (default {FILES:,}; --quick: {QUICK_FILES})")
     p.add_argument("--pack-below", metavar="SIZE",
-                   help="init the fusefs volume with --pack-below SIZE (pack objects)")
+                   help="init the fusefs volume with --pack-below SIZE (default: init's, "
+                        "256K; 0: a share object per share, no packs)")
 
 
 def sizes_of(n: int, seed: int) -> list[int]:
