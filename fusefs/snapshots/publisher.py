@@ -171,6 +171,7 @@ class Publisher:
         excluded = self.open_for_writing()
         mark = self.meta.max_garbage_id()
         dead_mark = self.meta.max_pack_garbage_id()
+        self.meta.commit_pending()  # counted in `changes`: it must be in the snapshot too
         changes = self.meta.total_changes()
         source = self._pin_source()  # the instant this snapshot shows
         nxt = self.state_dir / "snapshot.next.db"
