@@ -122,6 +122,7 @@ class Durability:
             await self._durable_point(wait_for_garbage)
 
     async def _durable_point(self, wait_for_garbage: bool) -> None:
+        self.meta.commit_pending()  # what is pending becomes durable too
         changes = self.meta.total_changes()
         if changes == self._durable_changes:
             if self._waiting and self._collection is None:

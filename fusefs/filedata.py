@@ -293,7 +293,9 @@ class FileData:
             row, missing = await self.volume.write_chunk(self.ino, self.file_id, idx, data,
                                                          prev)
             size = self._committable_size(idx)
-            self.volume.commit_chunk(self.ino, row, missing, size=size)
+            with self.meta.transaction():
+                self.volume.commit_chunk(self.ino, row, missing, size=size)
+                self._commit_times_with(idx, size)
             self.committed_size = size
             self.cache.put((self.ino, idx, row.oid), data)
         except Exception as e:  # noqa: BLE001 - reported to the writer at flush/fsync
@@ -304,6 +306,16 @@ class FileData:
             del self.inflight[idx]
             done.set()
             self.flusher.slots.release()
+
+    def _commit_times_with(self, idx: int, size: int) -> None:
+        """The last pending chunk commits the file's size and times with it (inside its
+        transaction): the close of a small file is one commit, not two."""
+        if self.mtime_ns is None or size != self.size or self.dirty \
+                or any(i != idx for i in self.inflight):
+            return
+        self.meta.update_inode(self.ino, mtime_ns=self.mtime_ns,
+                               ctime_ns=self.ctime_ns or self.mtime_ns)
+        self.mtime_ns = self.ctime_ns = None
 
     def _committable_size(self, idx: int) -> int:
         """The file size to commit with chunk idx: never past a chunk that is not committed

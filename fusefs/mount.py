@@ -254,6 +254,7 @@ async def _run(vd: VolumeDir, mp: Path, volume: Volume, fs: VersionedFileSystem,
             nursery.start_soon(volume.run_store_watch)
             if not opts.read_only:
                 nursery.start_soon(volume.run_compaction)
+                nursery.start_soon(fs.run_commits)
             if volume.publisher is not None:
                 nursery.start_soon(volume.publisher.run)
             fs.invalidate_entry = _invalidate_entry

@@ -189,6 +189,7 @@ class TreeDigester:
                      progress: Progress | None = None) -> TreeDigest:
         """The fingerprint of the tree (or file) at inode `top` of the live tree (vid None)
         or of version `vid`. FusefsError when a chunk it had to read is unreadable."""
+        self.meta.commit_pending()  # (read through a connection of its own)
         tree = await trio.to_thread.run_sync(load_tree, self.meta.path, top, vid)
         known: dict[tuple[int, int], bytes] = {}
         mismatches: list[str] = []

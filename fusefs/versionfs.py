@@ -203,11 +203,12 @@ class VersionedFileSystem(FileSystem):
         return await super().setattr(ino, **fields)  # type: ignore[arg-type]
 
     def _new_inode(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
-                   target: bytes | None = None, rdev: int = 0) -> InodeRow:
+                   target: bytes | None = None, rdev: int = 0, *,
+                   defer: bool = False) -> InodeRow:
         self._refuse(parent)
         if self._reserved(parent, name):
             raise FsError(errno.EEXIST)
-        return super()._new_inode(parent, name, mode, uid, gid, target, rdev)
+        return super()._new_inode(parent, name, mode, uid, gid, target, rdev, defer=defer)
 
     def link(self, ino: int, parent: int, name: bytes) -> InodeRow:
         self._refuse(ino, parent)

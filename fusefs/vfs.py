@@ -20,6 +20,7 @@ import trio
 from fusefs.errors import FsError, StoreError
 from fusefs.filedata import ChunkCache, FileData, Flusher
 from fusefs.meta.repo import ROOT_INODE, InodeRow, MetaRepo
+from fusefs.meta.txn import PENDING_MAX
 from fusefs.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class FileSystem:
         # unchanged. The rows are read-only snapshots (`_overlay` copies before changing).
         self._looked_up: dict[int, InodeRow] = {}
         self._looked_up_gen = -1
+        self.commit_soon = trio.Event()  # set when a change is left pending (run_commits)
 
     # -- helpers -------------------------------------------------------------------------
     def _inode(self, ino: int) -> InodeRow:
@@ -217,6 +219,7 @@ class FileSystem:
         if fields or size is not None:
             fields["ctime_ns"] = now
             self.meta.update_inode(ino, **fields)
+            self.meta.commit_pending()
         return self.attr(ino)
 
     async def _truncate(self, row: InodeRow, size: int) -> None:
@@ -239,17 +242,22 @@ class FileSystem:
 
     # -- creating and removing names -----------------------------------------------------
     def _new_inode(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
-                   target: bytes | None = None, rdev: int = 0) -> InodeRow:
+                   target: bytes | None = None, rdev: int = 0, *,
+                   defer: bool = False) -> InodeRow:
+        """`defer`: the rows may wait for the next commit (a created file's close)."""
         self._writable()
         self._check_name(name)
         self._dir(parent)
-        if self.meta.lookup(parent, name) is not None:
-            raise FsError(errno.EEXIST)
         is_dir = stat.S_ISDIR(mode)
-        with self.meta.transaction():
+        if defer:
+            self.commit_soon.set()
+        with self.meta.deferred() if defer else self.meta.transaction():
             row = self.meta.create_inode(os.urandom(16), mode, uid, gid, 2 if is_dir else 1,
                                          time.time_ns(), target, rdev)
-            self.meta.add_dentry(parent, name, row.id)
+            try:
+                self.meta.add_dentry(parent, name, row.id)
+            except FileExistsError:
+                raise FsError(errno.EEXIST) from None
             if is_dir:
                 self.meta.add_nlink(parent, 1)
             self._touch_dir(parent)
@@ -460,7 +468,10 @@ class FileSystem:
         return row
 
     async def open(self, ino: int, flags: int) -> int:
-        row = self._row_for_open(ino)
+        return await self._open_row(self._row_for_open(ino), flags)
+
+    async def _open_row(self, row: InodeRow, flags: int) -> int:
+        ino = row.id
         if stat.S_ISDIR(row.mode):
             raise FsError(errno.EISDIR)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
@@ -489,9 +500,10 @@ class FileSystem:
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, uid: int,
                      gid: int) -> tuple[int, InodeRow]:
-        row = self._new_inode(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
-        fh = await self.open(row.id, flags & ~os.O_TRUNC)
-        return fh, self.attr(row.id)
+        row = self._new_inode(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid,
+                              defer=True)
+        fh = await self._open_row(row, flags & ~os.O_TRUNC)  # (the row is new: no query)
+        return fh, self._overlay(row)
 
     def _handle(self, fh: int) -> Handle:
         try:
@@ -538,6 +550,7 @@ class FileSystem:
         """close(2): everything written is stored and committed (survives kill -9 and the
         loss of M stores); power-loss durability follows within DURABILITY_INTERVAL."""
         await self._handle(fh).data.flush(durable=False)
+        self.meta.commit_pending()  # a created file exists once closed, even if empty
 
     async def fsync(self, fh: int) -> None:
         """fsync(2): also synced to stable storage in every store and the metadata."""
@@ -558,6 +571,7 @@ class FileSystem:
             raise
         finally:
             self._drop_file_data(h.data)
+        self.meta.commit_pending()
 
     # -- extended attributes -------------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:
@@ -596,6 +610,7 @@ class FileSystem:
         self._inode(ino)
         if not self.meta.remove_xattr(ino, name):
             raise FsError(errno.ENODATA)
+        self.meta.commit_pending()
 
     # -- volume-wide ---------------------------------------------------------------------
     async def statfs(self) -> tuple[int, int]:
@@ -606,6 +621,16 @@ class FileSystem:
             return 0, 0
         k = self.volume.k
         return min(t for t, _ in known) * k, min(f for _, f in known) * k
+
+    async def run_commits(self) -> None:
+        """Daemon task: what a create left pending (`meta.deferred`) is committed within
+        PENDING_MAX seconds even if the file stays open (other readers of the metadata,
+        the direct API, see it then)."""
+        while True:
+            await self.commit_soon.wait()
+            self.commit_soon = trio.Event()
+            await trio.sleep(PENDING_MAX)
+            self.meta.commit_pending()
 
     async def shutdown(self) -> None:
         """At unmount: flush what is still open, forget every reference, collect garbage."""

@@ -178,6 +178,28 @@ def test_a_follower_sees_what_the_writer_closes(volume, mounter: Mounter,
     mounter.umount(wmnt)
 
 
+def test_a_file_closed_after_a_snapshot_with_nothing_left_to_commit_reaches_followers(
+        volume, mounter: Mounter, tmp_path: Path) -> None:
+    """A snapshot taken while a file is open shows it as before; its close may commit
+    nothing new (fsync committed it all), and the next snapshot must still show it."""
+    vol = volume(snapshot_interval=1, gc_grace=30)
+    wmnt = mounter.mount(vol, tmp_path / "writer")
+    assert_ok(run_fusefs("snapshot", wmnt))
+    assert_ok(recover(vol, tmp_path / "follower", "--follower"))
+    rmnt = mounter.mount(as_host(vol, tmp_path / "follower"), tmp_path / "reader",
+                         "--read-only", "--follow")
+    data = rand_bytes(100_000, "fsynced")
+    with open(wmnt / "fsynced.bin", "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())  # size, times and chunks committed: the close has nothing left
+        assert_ok(run_fusefs("snapshot", wmnt))  # shows the open file as before: absent
+    assert wait_until(lambda: (rmnt / "fsynced.bin").exists(), 10), \
+        "a file closed after a snapshot never reached the follower"
+    assert read_uncached(rmnt / "fsynced.bin") == data
+    mounter.umount(rmnt)
+    mounter.umount(wmnt)
+
+
 def test_old_snapshots_put_back_are_refused(volume, mounter: Mounter, tmp_path: Path) -> None:
     vol = volume()
     mnt = mounter.mount(vol, tmp_path / "mnt")

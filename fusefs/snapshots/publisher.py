@@ -99,6 +99,7 @@ class Publisher:
         self.writer_id = meta.get_info("writer_id") or os.urandom(8).hex()
         self.fenced: str | None = None  # why, once another writer took over
         self._published_changes = -1
+        self._shown_as_before: set[int] = set()  # files the last snapshot showed as before
         self._fence_checked = -FENCE_CHECK_INTERVAL
         self._lock = trio.Lock()
         self._new: set[bytes] = set()  # blocks the last snapshot uploaded
@@ -155,8 +156,9 @@ class Publisher:
         """Publish a snapshot if anything changed since the last one (or `force`);
         return its sequence number. Raises Fenced, or StoreError when too few stores."""
         async with self._lock:
-            if not force and self.meta.total_changes() == self._published_changes:
-                return None
+            if not force and self.meta.total_changes() == self._published_changes \
+                    and not self._shown_as_before - self.open_for_writing():
+                return None  # (a file closed since, its rows committed then, is news too)
             if not await self.check_fence(now=True):
                 raise Fenced(self.fenced or "fenced")
             return await self._publish(force)
@@ -168,9 +170,10 @@ class Publisher:
             with self.meta.transaction():
                 self.meta.set_info("writer_epoch", str(self.epoch))
                 self.meta.set_info("writer_id", self.writer_id)
-        excluded = self.open_for_writing()
+        excluded = self._shown_as_before = self.open_for_writing()
         mark = self.meta.max_garbage_id()
         dead_mark = self.meta.max_pack_garbage_id()
+        self.meta.commit_pending()  # counted in `changes`: it must be in the snapshot too
         changes = self.meta.total_changes()
         source = self._pin_source()  # the instant this snapshot shows
         nxt = self.state_dir / "snapshot.next.db"
