@@ -4,6 +4,7 @@ what is still at risk."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import trio
@@ -12,6 +13,7 @@ from fusefs.codec.keys import VolumeKeys
 from fusefs.config import VolumeConfig
 from fusefs.errors import FusefsError
 from fusefs.events import read_events
+from fusefs.meta.packrows import PACK_DEAD, PackRow
 from fusefs.meta.repo import MetaRepo
 from fusefs.snapshots.index import snapshot_objects
 from fusefs.storecheck import (
@@ -56,6 +58,14 @@ async def _store_states(cfg: VolumeConfig, keys: VolumeKeys | None, meta: MetaRe
     return out
 
 
+def _packs(meta: MetaRepo) -> list[PackRow]:
+    """The packs with an object in a store (none before format 4's schema)."""
+    try:
+        return [p for p in meta.all_packs() if p.state != PACK_DEAD]
+    except sqlite3.OperationalError:  # no packs table
+        return []
+
+
 def _describe(info: dict, state: StoreState) -> None:
     if state.kind == UNREACHABLE:
         info["state"], info["error"] = "unavailable", state.detail
@@ -92,8 +102,11 @@ def status(target: str, as_json: bool, key_file: str | None = None) -> int:
         # has found whole since (whatever made them whole: a store back, a heal, a scrub).
         at_risk = {meta.path_of(ino) or f"<inode {ino}>"
                    for ino in {*meta.inodes_with_repairs(), *meta.unreadable_inodes()}}
+        packs = _packs(meta)
     finally:
         meta.close()
+    for si, info in enumerate(store_states):
+        info["packs"] = sum(1 for p in packs if p.store == si)
     by_store: dict[str, dict[str, int]] = {}
     by_action: dict[str, int] = {}
     for e in events:
@@ -115,6 +128,9 @@ def status(target: str, as_json: bool, key_file: str | None = None) -> int:
         "chunks": st.chunks,
         "logical_bytes": st.logical_bytes,
         "stored_bytes": stored,
+        "packs": {"pack_below": cfg.pack_below if cfg.packs else 0, "count": len(packs),
+                  "bytes": sum(p.size for p in packs),
+                  "live_bytes": sum(max(p.live, 0) for p in packs)},
         "repairs_queued": queued,
         "files_at_risk": sorted(at_risk),
         "events": {"total": len(events), "by_store": by_store, "by_action": by_action,
@@ -131,9 +147,18 @@ def status(target: str, as_json: bool, key_file: str | None = None) -> int:
           f" {st.chunks} chunks")
     ratio = f" ({stored / st.logical_bytes:.2f}x)" if st.logical_bytes else ""
     print(f"bytes      {st.logical_bytes} logical, {stored} stored{ratio}")
+    pk = report["packs"]
+    if pk["pack_below"] or pk["count"]:
+        live = f", {100 * pk['live_bytes'] // pk['bytes']}% live" if pk["bytes"] else ""
+        print(f"packs      {pk['count']} ({pk['bytes']} bytes{live}); shares smaller than "
+              f"{pk['pack_below']} bytes go into packs")
+    else:
+        print("packs      off (every share is an object of its own)")
     print("stores")
     for s in report["stores"]:
         objs = "" if s["objects"] is None else f"  {s['objects']} objects"
+        if s["objects"] is not None and s["packs"]:
+            objs += f" ({s['packs']} of them packs)"
         err = f"  ({s['error']})" if "error" in s else ""
         print(f"  {s['url']}  {s['state']}{objs}{err}")
     print(f"events     {len(events)} recorded"

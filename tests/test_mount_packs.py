@@ -38,6 +38,7 @@ from helpers import (
     read_uncached,
     run_fusefs,
     scrub_json,
+    status_json,
     wait_until,
 )
 
@@ -81,6 +82,13 @@ def test_a_packed_volume_round_trips(volume, mounter: Mounter, tmp_path: Path) -
     for si in range(5):  # the small files' 300 shares are in one pack; 3 big shares each
         assert len(vol.objects(si)) <= 10, vol.objects(si)
     assert all(p.file.stat().st_size >= p.size for p in packs)
+    st = status_json(vol.path)  # status tells the packs from the other objects
+    assert st["packs"] == {"pack_below": 256 * KiB, "count": len(packs),
+                           "bytes": sum(p.size for p in packs),
+                           "live_bytes": sum(p.live for p in packs)}
+    assert [s["packs"] for s in st["stores"]] == [1] * 5
+    text = assert_ok(run_fusefs("status", vol.path)).stdout
+    assert f"packs      {len(packs)} (" in text and "objects (1 of them packs)" in text
 
     mnt = mounter.mount(vol, tmp_path / "mnt")
     assert_files(mnt, files)
