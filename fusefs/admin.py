@@ -14,7 +14,14 @@ from pathlib import Path
 import trio
 
 from fusefs.codec.keys import VolumeKeys, create_key_file, load_key_file, warn_if_exposed
-from fusefs.config import DEFAULT_CHUNK, DEFAULT_SEGMENT, VolumeConfig, parse_size, validate
+from fusefs.config import (
+    DEFAULT_CHUNK,
+    DEFAULT_PACK_BELOW,
+    DEFAULT_SEGMENT,
+    VolumeConfig,
+    parse_size,
+    validate,
+)
 from fusefs.errors import ConfigError, StoreError, warn
 from fusefs.health import STORE_RETRY_SECONDS
 from fusefs.meta.repo import MetaRepo
@@ -56,6 +63,7 @@ def init_volume(args: argparse.Namespace) -> None:
     timing = {name: value for name, value in (("snapshot_interval", args.snapshot_interval),
                                               ("gc_grace", args.gc_grace)) if value is not None}
     packing = {n: parse_size(v) for n in ("pack_below", "pack_size") if (v := getattr(args, n))}
+    packing.setdefault("pack_below", DEFAULT_PACK_BELOW)
     cfg = VolumeConfig(volume_id.hex(), k, m, chunk, [s.url for s in stores], key_check="",
                        segment_size=seg, **timing, **packing)
     validate(cfg)

@@ -54,8 +54,9 @@ class VolumeConfig:
     gc_grace: float = -1.0  # seconds shares replaced or deleted stay in the stores after a
     #                         snapshot without them is published (followers may still read
     #                         them); negative: 3 snapshot intervals
-    pack_below: int = DEFAULT_PACK_BELOW  # format 4: shares smaller than this (bytes) are
-    #                                       appended to pack objects; 0: none are
+    pack_below: int = 0  # format 4: shares smaller than this (bytes) are appended to pack
+    #                      objects; 0: none are (a config that does not say packs nothing:
+    #                      `init` writes DEFAULT_PACK_BELOW unless told otherwise)
     pack_size: int = DEFAULT_PACK_SIZE  # bytes at which a pack is sealed (format 4)
     role: str = "writer"  # this volume directory's role: "writer", or "follower" (mounted
     #                       read-only from the writer's snapshots; never writes the stores)

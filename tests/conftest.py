@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [_REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
+sys.path.insert(0, _REPO)  # and so must the tests that use the package in this process
 
 import helpers  # noqa: E402
 

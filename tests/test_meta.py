@@ -292,7 +292,7 @@ def test_dentries_add_lookup_move_remove(repo: MetaRepo) -> None:
     assert repo.has_children(sub) and repo.has_children(ROOT_INODE)
     assert repo.parent_of(sub) == (ROOT_INODE, b"sub")
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(FileExistsError):
         repo.add_dentry(sub, b"f\xffbin", f)
 
     repo.move_dentry(sub, b"f\xffbin", ROOT_INODE, b"moved")
@@ -552,10 +552,41 @@ def test_nested_transactions_join_the_outer_one(repo: MetaRepo) -> None:
 def test_failing_statement_in_transaction_rolls_back(repo: MetaRepo) -> None:
     f = new_file(repo)
     repo.add_dentry(ROOT_INODE, b"dup", f)
-    with pytest.raises(sqlite3.IntegrityError), repo.transaction():
+    with pytest.raises(FileExistsError), repo.transaction():
         repo.add_dentry(ROOT_INODE, b"new", f)
         repo.add_dentry(ROOT_INODE, b"dup", f)
     assert repo.lookup(ROOT_INODE, b"new") is None
+
+
+def test_deferred_rows_commit_with_the_next_transaction(repo: MetaRepo,
+                                                        db_path: Path) -> None:
+    """A created file's rows wait in an open transaction for its close's commit: another
+    connection sees them only then; a failing body undoes itself alone; close commits."""
+    other = MetaRepo(db_path, read_only=True)
+    try:
+        with repo.deferred():
+            repo.add_dentry(ROOT_INODE, b"created", new_file(repo))
+        assert repo.pending and repo.lookup(ROOT_INODE, b"created") is not None
+        assert other.lookup(ROOT_INODE, b"created") is None  # not committed yet
+        with pytest.raises(FileExistsError), repo.transaction():
+            repo.add_dentry(ROOT_INODE, b"created", new_file(repo))  # the body fails...
+        assert repo.pending  # ...and only its own statements are undone
+        with repo.transaction():
+            repo.add_dentry(ROOT_INODE, b"closed", new_file(repo))
+        assert not repo.pending and not repo.db.in_transaction
+        assert other.lookup(ROOT_INODE, b"created") is not None  # committed together
+        assert other.lookup(ROOT_INODE, b"closed") is not None
+
+        with repo.deferred():
+            repo.add_dentry(ROOT_INODE, b"at-close", new_file(repo))
+        repo.close()  # commits what is pending (an unmount)
+        assert other.lookup(ROOT_INODE, b"at-close") is not None
+    finally:
+        other.close()
+
+
+def test_new_databases_have_small_pages(repo: MetaRepo) -> None:
+    assert repo.db.execute("PRAGMA page_size").fetchone()[0] == 1024
 
 
 def test_fsync_wal(repo: MetaRepo) -> None:

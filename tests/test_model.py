@@ -571,6 +571,9 @@ class VfsMachine(RuleBasedStateMachine):
             self._unmount()
             self.loop = TrioThread()
             self.fs = self._open_fs()
+        # What a create left pending a mount commits within PENDING_MAX (run_commits): the
+        # second instance looks after that.
+        self.loop.call(self.fs.meta.commit_pending)
         cold = self.loop.call(lambda: self.vol.open(read_only=True))
         try:
             self.loop.run(self._check_cold, cold, off, n)
