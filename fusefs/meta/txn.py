@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 PENDING_MAX = 0.05  # seconds a deferred change may stay uncommitted in a mount
 
@@ -30,28 +30,15 @@ class Transactions:
         """Group statements into one atomic commit (nesting joins the outer one). Changes
         left pending by `deferred` are committed with it (a failed body leaves them be)."""
         if self._depth:
-            self._depth += 1
-            try:
+            with self._joined():
                 yield
-            finally:
-                self._depth -= 1
-            return
-        if self.pending:
+        elif self.pending:
             with self._savepoint():
                 yield
             self.commit_pending()
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         else:
-            self.db.execute("COMMIT")
-        finally:
-            self._depth = 0
+            with self._atomic("BEGIN IMMEDIATE", ("ROLLBACK",), ("COMMIT",)):
+                yield
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -60,11 +47,8 @@ class Transactions:
         transaction; `commit_pending` (or any later `transaction`) commits them. For what
         no promise covers until a later call commits it (a create, before its close)."""
         if self._depth:
-            self._depth += 1
-            try:
+            with self._joined():
                 yield
-            finally:
-                self._depth -= 1
             return
         if not self.pending:
             self.db.execute("BEGIN IMMEDIATE")
@@ -73,18 +57,33 @@ class Transactions:
             yield
 
     @contextmanager
-    def _savepoint(self) -> Iterator[None]:
+    def _joined(self) -> Iterator[None]:
+        """A body inside an outer transaction's: committed (or undone) with it."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def _savepoint(self) -> AbstractContextManager[None]:
         """A body inside the pending transaction: undone alone if it fails."""
-        self.db.execute("SAVEPOINT body")
+        return self._atomic("SAVEPOINT body", ("ROLLBACK TO body", "RELEASE body"),
+                            ("RELEASE body",))
+
+    @contextmanager
+    def _atomic(self, begin: str, undo: tuple[str, ...], done: tuple[str, ...]
+                ) -> Iterator[None]:
+        self.db.execute(begin)
         self._depth = 1
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO body")
-            self.db.execute("RELEASE body")
+            for sql in undo:
+                self.db.execute(sql)
             raise
         else:
-            self.db.execute("RELEASE body")
+            for sql in done:
+                self.db.execute(sql)
         finally:
             self._depth = 0
 
