@@ -13,6 +13,7 @@ import errno
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import trio
 
@@ -75,6 +76,15 @@ class Flusher:
         self.nursery: trio.Nursery | None = None
         self.slots = trio.Semaphore(MAX_INFLIGHT_CHUNKS)
         self.readahead = trio.Semaphore(2 * READAHEAD_CHUNKS)
+
+
+@dataclass
+class Handle:
+    """An open file of the kernel's (a file handle): whose data, opened for writing?"""
+
+    ino: int
+    data: FileData
+    writable: bool
 
 
 class FileData:

@@ -219,7 +219,7 @@ class FuseOps(pyfuse3.Operations):
 
     @translate
     async def statfs(self, ctx):
-        total, free = await self.fs.statfs()
+        total, free = await self.fs.volume.space()
         st = pyfuse3.StatvfsData()
         st.f_bsize = self.blksize
         st.f_frsize = 4096

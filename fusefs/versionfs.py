@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from fusefs.errors import FsError
-from fusefs.filedata import FileData
+from fusefs.filedata import FileData, Handle
 from fusefs.meta.repo import ROOT_INODE, InodeRow, MetaRepo
 from fusefs.meta.versions import VersionRepo
-from fusefs.vfs import FileSystem, Handle
+from fusefs.vfs import FileSystem
 from fusefs.volume import Volume
 
 CONTROL_NAME = b".fusefs"

@@ -13,22 +13,20 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import trio
 
 from fusefs.errors import FsError, StoreError
-from fusefs.filedata import ChunkCache, FileData, Flusher
+from fusefs.filedata import ChunkCache, FileData, Flusher, Handle
 from fusefs.meta.repo import ROOT_INODE, InodeRow, MetaRepo
 from fusefs.meta.txn import PENDING_MAX
 from fusefs.volume import Volume
+from fusefs.xattrfs import ExtendedAttributes
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
-XATTR_NAME_MAX = 255
-XATTR_SIZE_MAX = 65536
-XATTR_CREATE, XATTR_REPLACE = 1, 2
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 DEFAULT_CACHE_BYTES = 64 << 20
 _LOOKED_UP_MAX = 256  # rows kept for an open that follows their lookup
@@ -38,14 +36,7 @@ _READERS_MAX = 1024  # files read without an open (no-open mode), their chunk ro
 _SERVED_MAX = 1 << 20  # files whose bytes the kernel has cached (keep_cache): not announced
 
 
-@dataclass
-class Handle:
-    ino: int
-    data: FileData
-    writable: bool
-
-
-class FileSystem:
+class FileSystem(ExtendedAttributes):
     def __init__(self, meta: MetaRepo, volume: Volume, *, read_only: bool = False,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, pin: bool = False,
                  dataset: bool = False) -> None:
@@ -90,8 +81,7 @@ class FileSystem:
 
     def attr(self, ino: int) -> InodeRow:
         """Attributes as the kernel should see them (in-memory size of open files)."""
-        row = self._inode(ino)
-        return self._overlay(row)
+        return self._overlay(self._inode(ino))
 
     def _overlay(self, row: InodeRow) -> InodeRow:
         fd = self.files.get(row.id)
@@ -573,59 +563,10 @@ class FileSystem:
             self._drop_file_data(h.data)
         self.meta.commit_pending()
 
-    # -- extended attributes -------------------------------------------------------------
-    def getxattr(self, ino: int, name: bytes) -> bytes:
-        # The kernel asks for security.capability before every write; on an open file of a
-        # volume without any xattr the answer needs no query.
-        value = self.meta.get_xattr(ino, name) if self._any_xattrs else None
-        if value is None:
-            if ino not in self.files:
-                self._inode(ino)
-            raise FsError(errno.ENODATA)
-        return value
-
-    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        self._writable()
-        self._inode(ino)
-        if len(name) > XATTR_NAME_MAX or not name:
-            raise FsError(errno.ERANGE)
-        if len(value) > XATTR_SIZE_MAX:
-            raise FsError(errno.E2BIG)
-        exists = self.meta.get_xattr(ino, name) is not None
-        if flags & XATTR_CREATE and exists:
-            raise FsError(errno.EEXIST)
-        if flags & XATTR_REPLACE and not exists:
-            raise FsError(errno.ENODATA)
-        self._any_xattrs = True
-        with self.meta.transaction():
-            self.meta.set_xattr(ino, name, value)
-            self.meta.update_inode(ino, ctime_ns=time.time_ns())
-
-    def listxattr(self, ino: int) -> list[bytes]:
-        self._inode(ino)
-        return self.meta.list_xattrs(ino)
-
-    def removexattr(self, ino: int, name: bytes) -> None:
-        self._writable()
-        self._inode(ino)
-        if not self.meta.remove_xattr(ino, name):
-            raise FsError(errno.ENODATA)
-        self.meta.commit_pending()
-
     # -- volume-wide ---------------------------------------------------------------------
-    async def statfs(self) -> tuple[int, int]:
-        """(total, free) bytes a user can store: the tightest store times k."""
-        spaces = [await s.space() for s in self.volume.stores]
-        known = [s for s in spaces if s is not None]
-        if not known:
-            return 0, 0
-        k = self.volume.k
-        return min(t for t, _ in known) * k, min(f for _, f in known) * k
-
     async def run_commits(self) -> None:
         """Daemon task: what a create left pending (`meta.deferred`) is committed within
-        PENDING_MAX seconds even if the file stays open (other readers of the metadata,
-        the direct API, see it then)."""
+        PENDING_MAX seconds, open file or not (for other readers: the direct API)."""
         while True:
             await self.commit_soon.wait()
             self.commit_soon = trio.Event()

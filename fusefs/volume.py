@@ -152,6 +152,14 @@ class Volume:
             self.packs.close()
 
     # -- durability ------------------------------------------------------------------------
+    async def space(self) -> tuple[int, int]:
+        """(total, free) bytes a user can store: the tightest store times k."""
+        spaces = [await s.space() for s in self.stores]
+        known = [s for s in spaces if s is not None]
+        if not known:
+            return 0, 0
+        return min(t for t, _ in known) * self.k, min(f for _, f in known) * self.k
+
     async def make_durable(self, *, wait_for_garbage: bool = False) -> None:
         await self.durability.make_durable(wait_for_garbage=wait_for_garbage)
 

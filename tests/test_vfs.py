@@ -27,8 +27,9 @@ from fusefs.errors import FsError
 from fusefs.events import EventLog
 from fusefs.meta.repo import ROOT_INODE, MetaRepo
 from fusefs.stores.local import LocalStore, object_relpath
-from fusefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, FileSystem
+from fusefs.vfs import RENAME_EXCHANGE, RENAME_NOREPLACE, FileSystem
 from fusefs.volume import Volume
+from fusefs.xattrfs import XATTR_CREATE, XATTR_REPLACE
 
 CS = MIN_CHUNK  # 64 KiB
 N_SHARES = 5
@@ -913,7 +914,7 @@ def test_xattrs_go_with_the_inode(env: Env) -> None:
 
 
 def test_statfs(env: Env) -> None:
-    total, free = run(env.fs.statfs)
+    total, free = run(env.fs.volume.space)
     st = os.statvfs(env.store_dirs[0])
     assert total == st.f_blocks * st.f_frsize * 3
     assert 0 < free <= total

@@ -3,12 +3,14 @@ memory, whole and partial reads that survive short reads."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
 import os
 import stat
 import threading
+from collections.abc import Callable
 
 from fusefs.codec.buffers import address
 
@@ -99,3 +101,36 @@ def read_whole(fd: int) -> bytes:
             break
         data += more
     return data
+
+
+class PackAppender:
+    """A pack object being appended to: one open file, written with pwrite at the offsets
+    the pack writer hands out (no create and rename per share). The file is created under
+    its final name (O_EXCL: a pack name is never reused), so a reader may see it grow;
+    readers read only members the metadata names, which are wholly written before."""
+
+    def __init__(self, fd: int, name: str, error: Callable[[str, str, OSError], Exception],
+                 written: Callable[[], None]) -> None:
+        self.fd, self.name = fd, name
+        self._error, self._written = error, written  # the store's error and dirty marks
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as e:
+            raise self._error("write", self.name, e) from None
+        self._written()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def removed(self) -> bool:
+        """The file lost its name (deleted or replaced): nothing appended reaches the store."""
+        try:
+            return os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return True

@@ -55,8 +55,24 @@ import trio
 from fusefs.errors import NoSuchObject, StoreError, StoreFull
 from fusefs.mounts import may_hang
 from fusefs.stores.base import FIXED_NAMES, Store
-from fusefs.stores.fileio import DIRECT_MIN, fill, read_whole, write_all, write_direct
-from fusefs.stores.nofollow import OPENAT2, how, open_walk, openat2, raw_openat2
+from fusefs.stores.fileio import (
+    DIRECT_MIN,
+    PackAppender,
+    fill,
+    read_whole,
+    write_all,
+    write_direct,
+)
+from fusefs.stores.nofollow import (
+    OPENAT2,
+    how,
+    open_walk,
+    openat2,
+    raw_openat2,
+    remove_stale,
+    replace_in,
+    unlink_regular,
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _IO_THREADS = 8  # concurrent blocking calls per store
@@ -94,27 +110,6 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY  # a directory to create, rename or unli
 _LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY  # a directory to read
 
 
-def _replace(parent: int, tmp: str, name: str) -> None:
-    """Rename tmp over name in the directory `parent`. A symlink there is replaced itself,
-    never its target; an empty directory in the way (damage) is removed first."""
-    try:
-        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-    except IsADirectoryError:
-        os.rmdir(name, dir_fd=parent)  # only an empty one; anything else fails the put
-        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-
-
-def _unlink_regular(parent: int, name: str) -> None:
-    """Unlink name in `parent` if it is a regular file (what `list` reports); a missing
-    one is fine. (Swapped for something else meanwhile: unlinkat removes that name, never
-    what a symlink points to.)"""
-    try:
-        if stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-            os.unlink(name, dir_fd=parent)
-    except FileNotFoundError:
-        pass
-
-
 def _fanout_dirs(objects: int) -> Iterator[tuple[str, int]]:
     """(name, readable fd) of each fan-out directory below the `objects` fd, opened one at
     a time (the caller closes each): real directories with a fan-out name only."""
@@ -130,36 +125,6 @@ def _fanout_dirs(objects: int) -> Iterator[tuple[str, int]]:
                 continue  # removed or swapped for a symlink meanwhile
             raise
         yield sub, fd
-
-
-class _PackFile:
-    """A pack object being appended to: one open file, written with pwrite at the offsets
-    the pack writer hands out (no create and rename per share). The file is created under
-    its final name (O_EXCL: a pack name is never reused), so a reader may see it grow;
-    readers read only members the metadata names, which are wholly written before."""
-
-    def __init__(self, store: LocalStore, fd: int, name: str) -> None:
-        self.store, self.fd, self.name = store, fd, name
-
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        try:
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view, offset = view[n:], offset + n
-        except OSError as e:
-            raise self.store._error("write", self.name, e) from None
-        self.store._dirty = True
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-    def removed(self) -> bool:
-        try:
-            return os.fstat(self.fd).st_nlink == 0
-        except OSError:
-            return True
 
 
 class LocalStore(Store):
@@ -196,7 +161,10 @@ class LocalStore(Store):
         self._put_sync(name, data)
         self._dirty = True
 
-    def _open_append(self, name: str) -> _PackFile:
+    def _written(self) -> None:
+        self._dirty = True
+
+    def _open_append(self, name: str) -> PackAppender:
         """Create object `name` (it must not exist) to be written piece by piece."""
         if _OBJECT_NAME.fullmatch(name) is None:
             raise StoreError(f"store {self.url}: cannot write {name!r}: not an object name")
@@ -210,7 +178,7 @@ class LocalStore(Store):
         finally:
             os.close(parent)
         self._dirty = True
-        return _PackFile(self, fd, name)
+        return PackAppender(fd, name, self._error, self._written)
 
     # -- paths ---------------------------------------------------------------------------
     def _resolve(self) -> str:
@@ -421,7 +389,7 @@ class LocalStore(Store):
                     write_all(fd, view)
             finally:
                 os.close(fd)
-            _replace(parent, tmp, name)
+            replace_in(parent, tmp, name)
             self._forget_announced(name)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -479,7 +447,7 @@ class LocalStore(Store):
                 raise self._error("delete", group[0], e) from None
             try:
                 for name in group:
-                    _unlink_regular(parent, name)
+                    unlink_regular(parent, name)
             except OSError as e:
                 raise self._error("delete", name, e) from None
             finally:
@@ -521,7 +489,11 @@ class LocalStore(Store):
             raise missing
         cutoff = time.time() - older_than
         try:
-            removed = self._remove_stale_in("", cutoff)  # of the marker's puts
+            root = self._open_below("", _LIST_FLAGS)  # the marker's puts
+            try:
+                removed = remove_stale(root, TMP_PREFIX, cutoff, self._writing)
+            finally:
+                os.close(root)
             try:
                 objects = self._open_below(OBJECTS, _LIST_FLAGS)
             except OSError as e:
@@ -531,35 +503,13 @@ class LocalStore(Store):
             try:
                 for _, fd in _fanout_dirs(objects):
                     try:
-                        removed += self._remove_stale_at(fd, cutoff)
+                        removed += remove_stale(fd, TMP_PREFIX, cutoff, self._writing)
                     finally:
                         os.close(fd)
             finally:
                 os.close(objects)
         except OSError as e:
             raise self._error("remove temporaries in", "store", e) from None
-        return removed
-
-    def _remove_stale_in(self, rel: str, cutoff: float) -> int:
-        fd = self._open_below(rel, _LIST_FLAGS)
-        try:
-            return self._remove_stale_at(fd, cutoff)
-        finally:
-            os.close(fd)
-
-    def _remove_stale_at(self, dirfd: int, cutoff: float) -> int:
-        removed = 0
-        with os.scandir(dirfd) as entries:
-            for e in entries:
-                if not e.name.startswith(TMP_PREFIX) or e.name in self._writing:
-                    continue
-                try:
-                    st = e.stat(follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
-                        os.unlink(e.name, dir_fd=dirfd)
-                        removed += 1
-                except FileNotFoundError:
-                    pass  # gone meanwhile
         return removed
 
     def _sync_sync(self) -> None:

@@ -1,12 +1,14 @@
 """Opening a path below a store root without following any symlink (see `local`'s
 "Containment"): one openat2(2) with RESOLVE_NO_SYMLINKS where the kernel has it, else one
-component at a time with O_NOFOLLOW."""
+component at a time with O_NOFOLLOW; and replacing, unlinking and sweeping names in a
+directory opened that way without following a symlink at the name."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
+import stat
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -91,3 +93,42 @@ def open_walk(base: str, rel: str, flags: int, mode: int = 0) -> int:
         return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def replace_in(parent: int, tmp: str, name: str) -> None:
+    """Rename tmp over name in the directory `parent`. A symlink there is replaced itself,
+    never its target; an empty directory in the way (damage) is removed first."""
+    try:
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except IsADirectoryError:
+        os.rmdir(name, dir_fd=parent)  # only an empty one; anything else fails the put
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def unlink_regular(parent: int, name: str) -> None:
+    """Unlink name in `parent` if it is a regular file (what `list` reports); a missing
+    one is fine. (Swapped for something else meanwhile: unlinkat removes that name, never
+    what a symlink points to.)"""
+    try:
+        if stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+
+
+def remove_stale(dirfd: int, prefix: str, cutoff: float, skip: set[str]) -> int:
+    """Unlink the regular files in `dirfd` named `prefix`* (temporaries), not in `skip`
+    (being written) and last written before `cutoff`; how many. Nothing else is stat'ed."""
+    removed = 0
+    with os.scandir(dirfd) as entries:
+        for e in entries:
+            if not e.name.startswith(prefix) or e.name in skip:
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(e.name, dir_fd=dirfd)
+                    removed += 1
+            except FileNotFoundError:
+                pass  # gone meanwhile
+    return removed
